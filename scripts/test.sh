@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up if needed, then the whole test suite (release profile: one build of torch-sys).
+set -euo pipefail
+here=$(dirname "${BASH_SOURCE[0]}")
+"$here/setup.sh"
+source "$here/env.sh"
+cd "$CNNPROBE_ROOT"
+cargo test --release "$@"

@@ -1,0 +1,163 @@
+//! Command-line flags, turned into a validated `RunConfig` before any work starts.
+//! Bad values fail here with one sentence and exit code 2 (clap's usage-error code).
+use crate::config::{DataConfig, DatasetName, InitScheme, LabelSet, RunConfig};
+use crate::models::{Arch, Stem};
+use crate::probe::ProbeSettings;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cnnprobe",
+    version,
+    about = "How good are the features of a CNN that was never trained? Frozen CNN features + a linear probe."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Extract frozen features, fit a linear probe, log the results.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value_t = DatasetName::Cifar10)]
+    pub dataset: DatasetName,
+    /// Extracted dataset folder (cifar-10-batches-bin / cifar-100-binary) or its parent.
+    /// Without it the official archive is downloaded into --data-dir.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where downloaded datasets are kept [default: ~/.cache/cnnprobe/data].
+    #[arg(long, env = "CNNPROBE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL to download the archive from instead of the dataset authors' site
+    /// (http://, https:// or file://).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Expected md5 of the archive at --mirror, if it is not the official one.
+    #[arg(long, requires = "mirror")]
+    pub archive_md5: Option<String>,
+    /// CIFAR-100 label set.
+    #[arg(long, value_enum, default_value_t = LabelSet::Fine)]
+    pub labels: LabelSet,
+    #[arg(long, value_enum, default_value_t = Arch::Resnet18)]
+    pub arch: Arch,
+    #[arg(long, value_enum, default_value_t = Stem::Imagenet)]
+    pub stem: Stem,
+    #[arg(long, value_enum, default_value_t = InitScheme::Torchvision)]
+    pub init: InitScheme,
+    /// Seed of the weight draws, the validation split and the probe.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_spec)]
+    pub device: String,
+    /// Images per extraction batch.
+    #[arg(long, default_value_t = 256, value_parser = positive_usize)]
+    pub batch_size: usize,
+    /// CPU threads for libtorch [default: all cores].
+    #[arg(long, value_parser = positive_usize)]
+    pub threads: Option<usize>,
+    /// Fraction of each train class held out for validation.
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    pub val_fraction: f64,
+    /// Probe epochs (the weights of the best validation epoch are kept).
+    #[arg(long, default_value_t = 30, value_parser = positive_usize)]
+    pub epochs: usize,
+    /// Probe peak learning rate (AdamW, cosine decay).
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_f64)]
+    pub lr: f64,
+    /// Probe AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative_f64)]
+    pub weight_decay: f64,
+    /// Probe mini-batch size.
+    #[arg(long, default_value_t = 256, value_parser = positive_usize)]
+    pub probe_batch_size: usize,
+    /// Run directory [default: results/runs/<timestamp>-<dataset>-<arch>-<stem>-s<seed>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// CSV that gets one row per finished run.
+    #[arg(long, default_value = "results/summary.csv")]
+    pub summary: PathBuf,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> RunConfig {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        RunConfig {
+            data: DataConfig {
+                dataset: self.dataset,
+                labels: self.labels,
+                data: self.data,
+                data_dir,
+                mirror: self.mirror,
+                archive_md5: self.archive_md5,
+            },
+            arch: self.arch,
+            stem: self.stem,
+            init: self.init,
+            weights: "random".into(),
+            seed: self.seed,
+            device: self.device,
+            threads,
+            batch_size: self.batch_size,
+            pool: "avg".into(),
+            normalize: "standardize".into(),
+            optimizer: "adamw".into(),
+            schedule: "cosine".into(),
+            val_fraction: self.val_fraction,
+            probe: ProbeSettings {
+                epochs: self.epochs,
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                batch_size: self.probe_batch_size,
+                seed: self.seed,
+            },
+            out: self.out,
+            summary: self.summary,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    cache.join("cnnprobe").join("data")
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive whole number")),
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive finite number")),
+    }
+}
+
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a finite number ≥ 0")),
+    }
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a fraction strictly between 0 and 1")),
+    }
+}

@@ -1,0 +1,50 @@
+//! `--device auto|cpu|cuda|cuda:N` → a tch Device, with a clear error when it is absent.
+use anyhow::{bail, Result};
+use tch::{Cuda, Device};
+
+/// Checks the syntax only (used while parsing flags).
+pub fn parse_spec(s: &str) -> Result<String, String> {
+    match s {
+        "auto" | "cpu" | "cuda" => Ok(s.to_string()),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(_)) => Ok(s.to_string()),
+            _ => Err(format!(
+                "'{s}' is not a device: use auto, cpu, cuda or cuda:N"
+            )),
+        },
+    }
+}
+
+/// Resolves a spec against the machine.
+pub fn resolve(spec: &str) -> Result<Device> {
+    let cuda = Cuda::is_available();
+    let count = Cuda::device_count() as usize;
+    match spec {
+        "auto" => Ok(if cuda { Device::Cuda(0) } else { Device::Cpu }),
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let index = spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if !cuda {
+                bail!("--device {spec}: CUDA is not available on this machine (libtorch sees no GPU); use --device cpu");
+            }
+            if index >= count {
+                bail!(
+                    "--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{}",
+                    count - 1
+                );
+            }
+            Ok(Device::Cuda(index))
+        }
+    }
+}
+
+/// The name recorded in logs: cpu or cuda:N.
+pub fn name(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}

@@ -1,0 +1,171 @@
+//! Output files that are either complete or absent, and appends that are safe when
+//! several runs finish at once.
+use anyhow::{Context, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `path` through a temp file in the same directory, renamed into place only after
+/// `write` succeeded and the data is flushed. On any error the temp file is removed.
+pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
+{
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name(path)))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        write(&mut w).with_context(|| format!("writing {}", path.display()))?;
+        w.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| {
+        format!(
+            "cannot move the finished file into place at {}",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Appends CSV `rows` under `header` to `path`, holding an exclusive lock on a sibling
+/// `.lock` file so concurrent runs never interleave. Creates the file with its header.
+/// When the existing header differs (an older cnnprobe wrote it), the file is rewritten
+/// atomically with the union of both column sets, old columns first, blanks where unknown.
+pub fn append_csv_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let lock_path = dir.join(format!(".{}.lock", file_name(path)));
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+
+    let existing = read_header(path)?;
+    match existing {
+        Some(old) if old != header => merge_columns(path, &old, header, rows),
+        Some(_) => {
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for appending", path.display()))?;
+            f.write_all(&csv_bytes(None, rows)?)
+                .and_then(|_| f.sync_data())
+                .with_context(|| format!("cannot append to {}", path.display()))
+        }
+        None => {
+            let bytes = csv_bytes(Some(header), rows)?;
+            write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+        }
+    }
+}
+
+fn merge_columns(path: &Path, old: &[String], new: &[String], rows: &[Vec<String>]) -> Result<()> {
+    let mut columns: Vec<String> = old.to_vec();
+    columns.extend(new.iter().filter(|c| !old.contains(c)).cloned());
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    for (i, rec) in rdr.records().enumerate() {
+        let rec =
+            rec.with_context(|| format!("{}: row {} is not valid CSV", path.display(), i + 2))?;
+        let mut row: Vec<String> = rec.iter().map(str::to_string).collect();
+        row.resize(columns.len(), String::new());
+        out.push(row);
+    }
+    for r in rows {
+        out.push(
+            columns
+                .iter()
+                .map(|c| {
+                    new.iter()
+                        .position(|n| n == c)
+                        .map(|j| r[j].clone())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        );
+    }
+    let bytes = csv_bytes(Some(&columns), &out)?;
+    write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+}
+
+fn read_header(path: &Path) -> Result<Option<Vec<String>>> {
+    match fs::metadata(path) {
+        Ok(m) if m.len() > 0 => {}
+        _ => return Ok(None),
+    }
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let h = rdr
+        .headers()
+        .with_context(|| format!("{}: unreadable CSV header", path.display()))?;
+    Ok(Some(h.iter().map(str::to_string).collect()))
+}
+
+fn csv_bytes(header: Option<&[String]>, rows: &[Vec<String>]) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    if let Some(h) = header {
+        w.write_record(h)?;
+    }
+    for r in rows {
+        w.write_record(r)?;
+    }
+    Ok(w.into_inner().map_err(|e| e.into_error())?)
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_creates_then_appends_then_merges_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.csv");
+        let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        append_csv_rows(&p, &h(&["a", "b"]), &[h(&["1", "2"])]).unwrap();
+        append_csv_rows(&p, &h(&["a", "b"]), &[h(&["3", "4"])]).unwrap();
+        append_csv_rows(&p, &h(&["a", "c"]), &[h(&["5", "6"])]).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(text, "a,b,c\n1,2,\n3,4,\n5,,6\n");
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.csv");
+        let r = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            anyhow::bail!("boom")
+        });
+        assert!(r.is_err());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,157 @@
+//! The `run` command: data → frozen network → features → probe → logs.
+use crate::config::{DatasetName, LabelSet, RunConfig};
+use crate::data::cifar::{self, Cifar};
+use crate::data::{download, normalize, split, Dataset};
+use crate::features::{self, Features};
+use crate::models::Network;
+use crate::report::{self, frac, Row};
+use crate::{device, probe, VERSION};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use tch::Kind;
+
+/// What a finished run reports back (also printed).
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    pub val_acc: f64,
+    pub test_top1: f64,
+    pub test_top5: f64,
+}
+
+pub fn run(cfg: &RunConfig) -> Result<Outcome> {
+    tch::set_num_threads(cfg.threads as i32);
+    let device = device::resolve(&cfg.device)?;
+    let dataset = load_dataset(cfg)?;
+    let run_dir = report::create_run_dir(cfg)?;
+    report::write_config(&run_dir, cfg)?;
+    eprintln!(
+        "cnnprobe {}: {} train / {} test images, {} classes, {} on {}",
+        cfg.short_name(),
+        dataset.train.len(),
+        dataset.test.len(),
+        dataset.num_classes(),
+        cfg.arch.name(),
+        device::name(device)
+    );
+
+    let net = Network::random(cfg.arch, cfg.stem, cfg.seed, device)?;
+    let stats = match cfg.data.dataset {
+        DatasetName::Cifar10 => normalize::CIFAR10,
+        DatasetName::Cifar100 => normalize::CIFAR100,
+    };
+    let (train, train_s) =
+        features::extract(&net, &dataset.train, stats, device, cfg.batch_size, "train")?;
+    let (test, test_s) =
+        features::extract(&net, &dataset.test, stats, device, cfg.batch_size, "test")?;
+    let extract_s = train_s + test_s;
+    let n_images = (dataset.train.len() + dataset.test.len()) as f64;
+    eprintln!(
+        "features: {} dims, {:.1} s, {:.1} images/s",
+        net.feature_dim(),
+        extract_s,
+        n_images / extract_s
+    );
+
+    let parts = split::stratified(&train.y, dataset.num_classes(), cfg.val_fraction, cfg.seed);
+    let fit = select(&train, &parts.fit);
+    let val = select(&train, &parts.val);
+    let fitted = probe::train(&fit, &val, dataset.num_classes(), &cfg.probe, device)?;
+    // The only place the test split meets the head: after every choice is made.
+    let (test_top1, test_top5) = probe::evaluate(&fitted.head, &test);
+    report::write_epochs(&run_dir, &fitted.epochs)?;
+
+    let mut row = Row::default();
+    row.set(
+        "finished_at",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+    )
+    .set("dataset", cfg.dataset_name())
+    .set(
+        "labels",
+        if cfg.data.dataset == DatasetName::Cifar100 {
+            label_name(cfg.data.labels)
+        } else {
+            ""
+        },
+    )
+    .set("arch", cfg.arch.name())
+    .set("stem", cfg.stem.name())
+    .set("init", "torchvision")
+    .set("seed", cfg.seed)
+    .set("weights", &cfg.weights)
+    .set("device", device::name(device))
+    .set("threads", cfg.threads)
+    .set("batch_size", cfg.batch_size)
+    .set("pool", &cfg.pool)
+    .set("feature_dim", net.feature_dim())
+    .set("normalize", &cfg.normalize)
+    .set("optimizer", &cfg.optimizer)
+    .set("schedule", &cfg.schedule)
+    .set("epochs", cfg.probe.epochs)
+    .set("lr", cfg.probe.lr)
+    .set("weight_decay", cfg.probe.weight_decay)
+    .set("probe_batch_size", cfg.probe.batch_size)
+    .set("val_fraction", cfg.val_fraction)
+    .set("best_epoch", fitted.best_epoch)
+    .set("n_train", parts.fit.len())
+    .set("n_val", parts.val.len())
+    .set("n_test", dataset.test.len())
+    .set("val_acc", frac(fitted.val_acc))
+    .set("test_top1", frac(test_top1))
+    .set("test_top5", frac(test_top5))
+    .set("extract_s", format!("{extract_s:.1}"))
+    .set("images_per_s", format!("{:.1}", n_images / extract_s))
+    .set("fit_s", format!("{:.1}", fitted.fit_s))
+    .set("run_dir", run_dir.display())
+    .set("cnnprobe_version", VERSION)
+    .set("libtorch_version", report::LIBTORCH_VERSION);
+    row.write_single(&run_dir.join("result.csv"))?;
+    row.append_to(&cfg.summary)?;
+    eprintln!(
+        "probe: best epoch {} val_acc {:.4}; test top1 {:.4} top5 {:.4} → {}",
+        fitted.best_epoch,
+        fitted.val_acc,
+        test_top1,
+        test_top5,
+        run_dir.display()
+    );
+    Ok(Outcome {
+        run_dir,
+        val_acc: fitted.val_acc,
+        test_top1,
+        test_top5,
+    })
+}
+
+fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
+    let which = match (cfg.data.dataset, cfg.data.labels) {
+        (DatasetName::Cifar10, _) => Cifar::Ten,
+        (DatasetName::Cifar100, LabelSet::Fine) => Cifar::HundredFine,
+        (DatasetName::Cifar100, LabelSet::Coarse) => Cifar::HundredCoarse,
+    };
+    let dir = match &cfg.data.data {
+        Some(d) => cifar::locate(d, which).context("--data")?,
+        None => download::ensure_cifar(
+            &cfg.data.data_dir,
+            which,
+            cfg.data.mirror.as_deref(),
+            cfg.data.archive_md5.as_deref(),
+        )?,
+    };
+    cifar::load(&dir, which)
+}
+
+fn select(f: &Features, idx: &[i64]) -> Features {
+    let idx = tch::Tensor::from_slice(idx).to_kind(Kind::Int64);
+    Features {
+        x: f.x.index_select(0, &idx),
+        y: f.y.index_select(0, &idx),
+    }
+}
+
+fn label_name(l: LabelSet) -> &'static str {
+    match l {
+        LabelSet::Fine => "fine",
+        LabelSet::Coarse => "coarse",
+    }
+}

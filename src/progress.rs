@@ -1,0 +1,44 @@
+//! Progress bars for long work. indicatif draws on stderr and stays silent when stderr is
+//! not a terminal, so logs and tests see only the one-line summaries we print ourselves.
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar over images, showing throughput in images/s.
+pub fn images(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} img  {per_sec}  eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A bar over bytes (downloads); a spinner when the size is unknown.
+pub fn bytes(total: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A bar over probe epochs.
+pub fn epochs(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] epoch {pos}/{len}  eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("probe");
+    bar
+}

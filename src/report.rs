@@ -1,0 +1,112 @@
+//! Run directories, per-run CSV/JSON logs and the shared summary CSV.
+use crate::config::RunConfig;
+use crate::files::{append_csv_rows, write_atomic};
+use crate::probe::EpochLog;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The libtorch version this binary was built against (read from the install by build.rs).
+pub const LIBTORCH_VERSION: &str = env!("CNNPROBE_LIBTORCH_VERSION");
+
+/// Creates the run directory: `--out` as given, or a fresh
+/// `results/runs/<UTC timestamp>-<short name>` (suffixed when two runs start in one second).
+pub fn create_run_dir(cfg: &RunConfig) -> Result<PathBuf> {
+    if let Some(out) = &cfg.out {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("--out {}: cannot create the run directory", out.display()))?;
+        probe_writable(out)?;
+        return Ok(out.clone());
+    }
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
+    let base = PathBuf::from("results").join("runs");
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    for attempt in 0.. {
+        let name = match attempt {
+            0 => format!("{stamp}-{}", cfg.short_name()),
+            n => format!("{stamp}-{}-{n}", cfg.short_name()),
+        };
+        let dir = base.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!()
+}
+
+/// Fails early, before hours of extraction, when the run dir cannot take files.
+fn probe_writable(dir: &Path) -> Result<()> {
+    tempfile::tempfile_in(dir)
+        .with_context(|| format!("--out {}: directory is not writable", dir.display()))?;
+    Ok(())
+}
+
+pub fn write_config(dir: &Path, cfg: &RunConfig) -> Result<()> {
+    let json = serde_json::to_string_pretty(cfg)?;
+    write_atomic(&dir.join("config.json"), |w| Ok(writeln!(w, "{json}")?))
+}
+
+pub fn write_epochs(dir: &Path, epochs: &[EpochLog]) -> Result<()> {
+    write_atomic(&dir.join("epochs.csv"), |w| {
+        let mut c = csv::Writer::from_writer(w);
+        c.write_record([
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "val_acc",
+            "lr",
+            "elapsed_s",
+        ])?;
+        for e in epochs {
+            c.write_record([
+                e.epoch.to_string(),
+                format!("{:.6}", e.train_loss),
+                format!("{:.4}", e.train_acc),
+                format!("{:.4}", e.val_acc),
+                format!("{:.6e}", e.lr),
+                format!("{:.3}", e.elapsed_s),
+            ])?;
+        }
+        c.flush()?;
+        Ok(())
+    })
+}
+
+/// Ordered (column, value) pairs; one call builds one summary row.
+#[derive(Default)]
+pub struct Row(pub Vec<(String, String)>);
+
+impl Row {
+    pub fn set(&mut self, column: &str, value: impl ToString) -> &mut Self {
+        self.0.push((column.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn append_to(&self, path: &Path) -> Result<()> {
+        let header: Vec<String> = self.0.iter().map(|(c, _)| c.clone()).collect();
+        let values: Vec<String> = self.0.iter().map(|(_, v)| v.clone()).collect();
+        append_csv_rows(path, &header, &[values])
+            .with_context(|| format!("cannot append to summary {}", path.display()))
+    }
+
+    pub fn write_single(&self, path: &Path) -> Result<()> {
+        write_atomic(path, |w| {
+            let mut c = csv::Writer::from_writer(w);
+            c.write_record(self.0.iter().map(|(k, _)| k))?;
+            c.write_record(self.0.iter().map(|(_, v)| v))?;
+            c.flush()?;
+            Ok(())
+        })
+    }
+}
+
+/// Formats an accuracy/fraction with 4 decimals.
+pub fn frac(v: f64) -> String {
+    format!("{v:.4}")
+}
