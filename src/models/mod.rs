@@ -48,6 +48,8 @@ impl Stem {
     }
 }
 
+static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A frozen network: its own VarStore (no optimiser ever sees it) and the model.
 pub struct Network {
     pub vs: nn::VarStore,
@@ -59,6 +61,9 @@ impl Network {
     /// network on every device), then moves it to `device` and freezes it.
     pub fn random(arch: Arch, stem: Stem, seed: u64, device: Device) -> Result<Network> {
         let mut vs = nn::VarStore::new(Device::Cpu);
+        // libtorch's generator is global: hold the lock from seeding to the last draw so
+        // concurrent builds (tests, library users) cannot interleave their draws.
+        let _draws = SEEDED_DRAWS.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed as i64);
         let root = vs.root();
         use resnet::BlockKind::{Basic, Bottleneck};
