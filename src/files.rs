@@ -158,6 +158,29 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_appends_never_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.csv");
+        let header: Vec<String> = ["run", "i", "payload"].map(String::from).to_vec();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (p, header) = (&p, &header);
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let row = vec![t.to_string(), i.to_string(), "x".repeat(5000)];
+                        append_csv_rows(p, header, &[row]).unwrap();
+                    }
+                });
+            }
+        });
+        let mut rdr = csv::Reader::from_path(&p).unwrap();
+        assert_eq!(rdr.headers().unwrap(), vec!["run", "i", "payload"]);
+        let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 200);
+        assert!(rows.iter().all(|r| r.len() == 3 && r[2].len() == 5000));
+    }
+
+    #[test]
     fn failed_atomic_write_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.csv");

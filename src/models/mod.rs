@@ -2,6 +2,7 @@
 pub mod init;
 pub mod layers;
 pub mod resnet;
+pub mod weights;
 
 use anyhow::Result;
 use clap::ValueEnum;
