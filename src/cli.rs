@@ -1,9 +1,12 @@
 //! Command-line flags, turned into a validated `RunConfig` before any work starts.
 //! Bad values fail here with one sentence and exit code 2 (clap's usage-error code).
-use crate::config::{DataConfig, DatasetName, InitScheme, LabelSet, RunConfig};
-use crate::models::{Arch, Stem};
+use crate::config::{BnSetting, DataConfig, DatasetName, LabelSet, RunConfig};
+use crate::features::{FeatureSpec, Pool};
+use crate::models::init::InitScheme;
+use crate::models::{Arch, ModelConfig, Stem};
 use crate::probe::ProbeSettings;
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, Result};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -21,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Extract frozen features, fit a linear probe, log the results.
     Run(Box<RunArgs>),
+    /// List the architectures, their stages and default features.
+    Models,
 }
 
 #[derive(Args, Debug)]
@@ -44,12 +49,35 @@ pub struct RunArgs {
     /// CIFAR-100 label set.
     #[arg(long, value_enum, default_value_t = LabelSet::Fine)]
     pub labels: LabelSet,
+    /// Architecture (see `cnnprobe models`).
     #[arg(long, value_enum, default_value_t = Arch::Resnet18)]
     pub arch: Arch,
-    #[arg(long, value_enum, default_value_t = Stem::Imagenet)]
-    pub stem: Stem,
-    #[arg(long, value_enum, default_value_t = InitScheme::Torchvision)]
+    /// Stem [default: imagenet; cifar for resnet20…110, which only have that one].
+    #[arg(long, value_enum)]
+    pub stem: Option<Stem>,
+    /// Weight init: torchvision, pytorch-default, kaiming-normal, xavier-uniform,
+    /// orthogonal, normal:STD or uniform:A.
+    #[arg(long, default_value = "torchvision", value_parser = parse_init)]
     pub init: InitScheme,
+    /// Start each residual block's last BN weight at 0 (torchvision's option).
+    #[arg(long)]
+    pub zero_init_residual: bool,
+    /// BatchNorm statistics: eval (as initialised) or calibrate:N (recomputed from N train images).
+    #[arg(long, default_value = "eval", value_parser = parse_bn)]
+    pub bn: BnSetting,
+    /// Fold BatchNorm into the preceding conv for extraction (same features, faster).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub fold_bn: bool,
+    /// Stages to tap, comma-separated (e.g. layer2,layer3,layer4; VGG: block1…block5 or fc2)
+    /// [default: the last stage].
+    #[arg(long, visible_alias = "taps", value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Pooling of each tapped stage.
+    #[arg(long, value_enum, default_value_t = Pool::Avg)]
+    pub pool: Pool,
+    /// Adaptive K×K pooling: C·K² features per tapped stage.
+    #[arg(long, default_value_t = 1, value_parser = positive_usize)]
+    pub pool_size: usize,
     /// Seed of the weight draws, the validation split and the probe.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -86,12 +114,19 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> RunConfig {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    /// Validates combinations the flag parsers cannot see alone, then builds the config.
+    pub fn into_config(self) -> Result<RunConfig> {
+        let stem = match (self.stem, self.arch.is_cifar_resnet()) {
+            (Some(Stem::Imagenet), true) => {
+                bail!("--stem imagenet: {} is a CIFAR ResNet and only has the cifar stem", self.arch.name())
+            }
+            (Some(s), _) => s,
+            (None, true) => Stem::Cifar,
+            (None, false) => Stem::Imagenet,
+        };
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
-        RunConfig {
+        Ok(RunConfig {
             data: DataConfig {
                 dataset: self.dataset,
                 labels: self.labels,
@@ -100,15 +135,20 @@ impl RunArgs {
                 mirror: self.mirror,
                 archive_md5: self.archive_md5,
             },
-            arch: self.arch,
-            stem: self.stem,
-            init: self.init,
+            model: ModelConfig {
+                arch: self.arch,
+                stem,
+                init: self.init,
+                zero_init_residual: self.zero_init_residual,
+                seed: self.seed,
+            },
             weights: "random".into(),
-            seed: self.seed,
+            bn: self.bn,
+            fold_bn: self.fold_bn,
+            features: FeatureSpec { taps: self.features, pool: self.pool, pool_size: self.pool_size as i64 },
             device: self.device,
             threads,
             batch_size: self.batch_size,
-            pool: "avg".into(),
             normalize: "standardize".into(),
             optimizer: "adamw".into(),
             schedule: "cosine".into(),
@@ -122,8 +162,16 @@ impl RunArgs {
             },
             out: self.out,
             summary: self.summary,
-        }
+        })
     }
+}
+
+fn parse_init(s: &str) -> Result<InitScheme, String> {
+    s.parse()
+}
+
+fn parse_bn(s: &str) -> Result<BnSetting, String> {
+    s.parse()
 }
 
 fn default_data_dir() -> PathBuf {

@@ -1,10 +1,13 @@
 //! One validated description of a run. It is built from the flags before any work starts,
 //! written beside every result (config.json) and flattened into the summary row.
-use crate::models::{Arch, Stem};
+use crate::features::FeatureSpec;
+use crate::models::ModelConfig;
 use crate::probe::ProbeSettings;
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,13 +24,41 @@ pub enum LabelSet {
     Coarse,
 }
 
-/// How the random weights are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InitScheme {
-    /// torchvision's own formulas (ResNet: conv kaiming-normal fan_out relu, BN 1/0,
-    /// fc PyTorch default).
-    Torchvision,
+/// `--bn`: what a random network's BatchNorm statistics are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnSetting {
+    /// Running stats 0/1 as initialised: BN is the affine identity at init.
+    Eval,
+    /// Recompute running mean/var from N training images (no labels, no gradients).
+    Calibrate(usize),
+}
+
+impl FromStr for BnSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "eval" => Ok(BnSetting::Eval),
+            _ => match s.strip_prefix("calibrate:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Ok(BnSetting::Calibrate(n)),
+                _ => Err(format!("'{s}': use eval or calibrate:N with N > 0 images")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for BnSetting {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            BnSetting::Eval => write!(f, "eval"),
+            BnSetting::Calibrate(n) => write!(f, "calibrate:{n}"),
+        }
+    }
+}
+
+impl Serialize for BnSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Where the data comes from.
@@ -42,19 +73,36 @@ pub struct DataConfig {
     pub archive_md5: Option<String>,
 }
 
+impl DataConfig {
+    pub fn dataset_name(&self) -> &'static str {
+        match self.dataset {
+            DatasetName::Cifar10 => "cifar10",
+            DatasetName::Cifar100 => "cifar100",
+        }
+    }
+
+    /// "fine"/"coarse" for CIFAR-100, empty for CIFAR-10.
+    pub fn labels_name(&self) -> &'static str {
+        match (self.dataset, self.labels) {
+            (DatasetName::Cifar10, _) => "",
+            (_, LabelSet::Fine) => "fine",
+            (_, LabelSet::Coarse) => "coarse",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
     pub data: DataConfig,
-    pub arch: Arch,
-    pub stem: Stem,
-    pub init: InitScheme,
+    pub model: ModelConfig,
     /// Always "random" until pretrained weights land.
     pub weights: String,
-    pub seed: u64,
+    pub bn: BnSetting,
+    pub fold_bn: bool,
+    pub features: FeatureSpec,
     pub device: String,
     pub threads: usize,
     pub batch_size: usize,
-    pub pool: String,
     pub normalize: String,
     pub optimizer: String,
     pub schedule: String,
@@ -68,29 +116,10 @@ pub struct RunConfig {
 impl RunConfig {
     /// A short, readable name for directories: e.g. `cifar10-resnet18-cifar-s0`.
     pub fn short_name(&self) -> String {
-        let ds = match self.data.dataset {
-            DatasetName::Cifar10 => "cifar10".to_string(),
-            DatasetName::Cifar100 => format!(
-                "cifar100{}",
-                if self.data.labels == LabelSet::Coarse {
-                    "c"
-                } else {
-                    ""
-                }
-            ),
+        let ds = match (self.data.dataset, self.data.labels) {
+            (DatasetName::Cifar100, LabelSet::Coarse) => "cifar100c",
+            _ => self.data.dataset_name(),
         };
-        format!(
-            "{ds}-{}-{}-s{}",
-            self.arch.name(),
-            self.stem.name(),
-            self.seed
-        )
-    }
-
-    pub fn dataset_name(&self) -> &'static str {
-        match self.data.dataset {
-            DatasetName::Cifar10 => "cifar10",
-            DatasetName::Cifar100 => "cifar100",
-        }
+        format!("{ds}-{}-{}-s{}", self.model.arch.name(), self.model.stem.name(), self.model.seed)
     }
 }

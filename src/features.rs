@@ -1,13 +1,193 @@
-//! Frozen feature extraction: uint8 batches go to the device, are converted and
-//! normalised there, run through the network under no_grad, and pooled features are copied
-//! into a preallocated CPU matrix.
+//! Frozen feature extraction: which stages to tap and how to pool them, BatchNorm
+//! calibration, and the batched extraction loop (uint8 batches go to the device, are
+//! converted and normalised there, and pooled features land in a preallocated CPU matrix).
 use crate::data::normalize::ChannelStats;
-use crate::data::Split;
+use crate::data::{split, Split};
+use crate::models::layers::BnMode;
 use crate::models::Network;
 use crate::progress;
-use anyhow::Result;
+use anyhow::{bail, ensure, Result};
+use clap::ValueEnum;
+use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// How a stage's feature map becomes a vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    Avg,
+    Max,
+    /// Average and max pooled maps, concatenated (twice the dimension).
+    Avgmax,
+}
+
+/// Which features a run extracts.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeatureSpec {
+    /// Stage names (layer1…, block1…, or `fc2` for VGG's classifier features); empty means
+    /// the family's default, the last stage.
+    pub taps: Vec<String>,
+    pub pool: Pool,
+    /// Adaptive K×K pooling: each tapped stage gives C·K² values (2·C·K² with avgmax).
+    pub pool_size: i64,
+}
+
+impl FeatureSpec {
+    pub fn label(&self) -> String {
+        if self.taps.is_empty() {
+            "last".into()
+        } else {
+            self.taps.join("+")
+        }
+    }
+}
+
+/// A tap resolved against a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tap {
+    Stage(usize),
+    Classifier,
+}
+
+/// The taps of `spec` resolved against `net`; errors name the valid choices.
+fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<Tap>> {
+    let names = net.body.stage_names();
+    if spec.taps.is_empty() {
+        return Ok(vec![Tap::Stage(names.len() - 1)]);
+    }
+    let mut taps = Vec::new();
+    for t in &spec.taps {
+        if t == "fc2" && net.arch.is_vgg() {
+            taps.push(Tap::Classifier);
+        } else if let Some(i) = names.iter().position(|n| n == t) {
+            taps.push(Tap::Stage(i));
+        } else {
+            let extra = if net.arch.is_vgg() { ", fc2" } else { "" };
+            bail!("--features {t}: {} has no such stage; choose from {}{extra}", net.arch.name(), names.join(", "));
+        }
+    }
+    Ok(taps)
+}
+
+/// The feature vector of a batch, under `mode`.
+fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[Tap], mode: BnMode) -> Tensor {
+    let last_needed = net.body.stage_names().len() - 1;
+    let until = taps
+        .iter()
+        .map(|t| match t {
+            Tap::Stage(i) => *i,
+            Tap::Classifier => last_needed,
+        })
+        .max()
+        .unwrap_or(last_needed);
+    let stages = net.body.forward_stages(x, mode, until);
+    let parts: Vec<Tensor> = taps
+        .iter()
+        .map(|t| match t {
+            Tap::Stage(i) => pool(&stages[*i], spec.pool, spec.pool_size),
+            Tap::Classifier => net.body.classifier_features(&stages[until]).expect("VGG has a classifier"),
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(&parts, 1)
+    }
+}
+
+fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
+    let avg = || map.adaptive_avg_pool2d([k, k]).flatten(1, -1);
+    let max = || map.adaptive_max_pool2d([k, k]).0.flatten(1, -1);
+    match pool {
+        Pool::Avg => avg(),
+        Pool::Max => max(),
+        Pool::Avgmax => Tensor::cat(&[avg(), max()], 1),
+    }
+}
+
+/// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails
+/// when `--pool-size` exceeds a tapped stage's map.
+pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
+    let taps = resolve(net, spec)?;
+    tch::no_grad(|| {
+        let x = Tensor::zeros([1, 3, input, input], (Kind::Float, net.device()));
+        let stages = net.body.forward_stages(&x, BnMode::Eval, net.body.stage_names().len() - 1);
+        for t in &taps {
+            if let Tap::Stage(i) = t {
+                let size = stages[*i].size();
+                let (h, w) = (size[2], size[3]);
+                ensure!(
+                    spec.pool_size <= h.min(w),
+                    "--pool-size {} is larger than the {h}×{w} map of {} at {input}×{input} input",
+                    spec.pool_size,
+                    net.body.stage_names()[*i]
+                );
+            }
+        }
+        Ok(forward(net, &x, spec, &taps, BnMode::Eval).size()[1])
+    })
+}
+
+/// Normalises a uint8 batch on the device: x/255 normalised = x·scale + shift.
+struct Normalizer {
+    scale: Tensor,
+    shift: Tensor,
+    device: Device,
+}
+
+impl Normalizer {
+    fn new(stats: ChannelStats, device: Device) -> Self {
+        let scale: Vec<f32> = stats.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
+        let shift: Vec<f32> = stats.mean.iter().zip(stats.std).map(|(m, s)| (-m / s) as f32).collect();
+        Normalizer {
+            scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]).to_device(device),
+            shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),
+            device,
+        }
+    }
+
+    fn apply(&self, images: &Tensor) -> Tensor {
+        let mut x = images.to_device(self.device).to_kind(Kind::Float);
+        x *= &self.scale;
+        x += &self.shift;
+        x
+    }
+}
+
+/// `--bn calibrate:N`: resets every BatchNorm's running statistics and recomputes them as
+/// the average over batches of N training images (a seeded sample, no labels, no
+/// gradients), then the network is used frozen in eval mode as before.
+pub fn calibrate_batchnorm(
+    net: &mut Network,
+    train: &Split,
+    n: usize,
+    seed: u64,
+    stats: ChannelStats,
+    batch_size: usize,
+) -> Result<()> {
+    ensure!(n > 0, "--bn calibrate:N needs N > 0");
+    net.unfold_batchnorm();
+    let bns = net.batchnorms();
+    ensure!(!bns.is_empty(), "--bn calibrate: {} has no BatchNorm layers", net.arch.name());
+    bns.iter().for_each(|bn| bn.reset_running_stats());
+    let n = n.min(train.len());
+    let order = split::permutation(train.len(), seed ^ 0xB17C);
+    let idx: Vec<i64> = order[..n].iter().map(|&i| i as i64).collect();
+    let norm = Normalizer::new(stats, net.device());
+    let last = net.body.stage_names().len() - 1;
+    let bar = progress::images(n as u64, "calibrate");
+    tch::no_grad(|| {
+        for (k, chunk) in idx.chunks(batch_size).enumerate() {
+            let images = train.images.index_select(0, &Tensor::from_slice(chunk));
+            let x = norm.apply(&images);
+            let _ = net.body.forward_stages(&x, BnMode::Calibrate { momentum: 1.0 / (k as f64 + 1.0) }, last);
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    Ok(())
+}
 
 /// Features of one split: float32 (N, D) on the CPU, with the labels.
 pub struct Features {
@@ -18,48 +198,26 @@ pub struct Features {
 /// Extracts features of `split` in batches of `batch_size`. Returns them with the seconds spent.
 pub fn extract(
     net: &Network,
+    spec: &FeatureSpec,
     split: &Split,
     stats: ChannelStats,
-    device: Device,
     batch_size: usize,
     what: &str,
 ) -> Result<(Features, f64)> {
+    let taps = resolve(net, spec)?;
     let n = split.len() as i64;
-    let dim = net.feature_dim();
+    let input = split.images.size()[2];
+    let dim = feature_dim(net, spec, input)?;
     let out = Tensor::empty([n, dim], (Kind::Float, Device::Cpu));
-    // x/255 normalised = x·scale + shift, one fused multiply-add per pixel on the device.
-    let scale: Vec<f32> = stats
-        .std
-        .iter()
-        .map(|s| (1.0 / (255.0 * s)) as f32)
-        .collect();
-    let shift: Vec<f32> = stats
-        .mean
-        .iter()
-        .zip(stats.std)
-        .map(|(m, s)| (-m / s) as f32)
-        .collect();
-    let scale = Tensor::from_slice(&scale)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    let shift = Tensor::from_slice(&shift)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-
+    let norm = Normalizer::new(stats, net.device());
     let bar = progress::images(n as u64, what);
     let start = Instant::now();
     tch::no_grad(|| {
         let mut i = 0;
         while i < n {
             let len = (batch_size as i64).min(n - i);
-            let mut x = split
-                .images
-                .narrow(0, i, len)
-                .to_device(device)
-                .to_kind(Kind::Float);
-            x *= &scale;
-            x += &shift;
-            let f = net.features(&x);
+            let x = norm.apply(&split.images.narrow(0, i, len));
+            let f = forward(net, &x, spec, &taps, BnMode::Eval);
             out.narrow(0, i, len).copy_(&f);
             i += len;
             bar.inc(len as u64);
@@ -67,11 +225,5 @@ pub fn extract(
     });
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    Ok((
-        Features {
-            x: out,
-            y: split.labels.shallow_clone(),
-        },
-        secs,
-    ))
+    Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))
 }

@@ -1,4 +1,5 @@
-//! Thin entry point: parse flags → validated config → run. Errors print as one line.
+//! Thin entry point: parse flags → validated config → run. Errors print as one line:
+//! exit 2 for usage errors (clap's code, and bad flag combinations), 1 for the rest.
 use clap::Parser;
 use cnnprobe::cli::{Cli, Command};
 use std::process::ExitCode;
@@ -6,13 +7,22 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => cnnprobe::pipeline::run(&args.into_config()).map(|_| ()),
+        Command::Run(args) => match args.into_config() {
+            Ok(cfg) => cnnprobe::pipeline::run(&cfg).map(|_| ()),
+            Err(e) => return fail(&e, 2),
+        },
+        Command::Models => {
+            cnnprobe::report::print_models();
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e, 1),
     }
+}
+
+fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(code)
 }

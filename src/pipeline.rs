@@ -1,5 +1,5 @@
 //! The `run` command: data → frozen network → features → probe → logs.
-use crate::config::{DatasetName, LabelSet, RunConfig};
+use crate::config::{BnSetting, DatasetName, LabelSet, RunConfig};
 use crate::data::cifar::{self, Cifar};
 use crate::data::{download, normalize, split, Dataset};
 use crate::features::{self, Features};
@@ -30,29 +30,30 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         dataset.train.len(),
         dataset.test.len(),
         dataset.num_classes(),
-        cfg.arch.name(),
+        cfg.model.arch.name(),
         device::name(device)
     );
 
-    let net = Network::random(cfg.arch, cfg.stem, cfg.seed, device)?;
+    let mut net = Network::random(&cfg.model, device)?;
     let stats = match cfg.data.dataset {
         DatasetName::Cifar10 => normalize::CIFAR10,
         DatasetName::Cifar100 => normalize::CIFAR100,
     };
-    let (train, train_s) =
-        features::extract(&net, &dataset.train, stats, device, cfg.batch_size, "train")?;
-    let (test, test_s) =
-        features::extract(&net, &dataset.test, stats, device, cfg.batch_size, "test")?;
+    if let BnSetting::Calibrate(n) = cfg.bn {
+        features::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, stats, cfg.batch_size)?;
+    }
+    if cfg.fold_bn {
+        net.fold_batchnorm();
+    }
+    let spec = &cfg.features;
+    let (train, train_s) = features::extract(&net, spec, &dataset.train, stats, cfg.batch_size, "train")?;
+    let (test, test_s) = features::extract(&net, spec, &dataset.test, stats, cfg.batch_size, "test")?;
+    let feature_dim = train.x.size()[1];
     let extract_s = train_s + test_s;
     let n_images = (dataset.train.len() + dataset.test.len()) as f64;
-    eprintln!(
-        "features: {} dims, {:.1} s, {:.1} images/s",
-        net.feature_dim(),
-        extract_s,
-        n_images / extract_s
-    );
+    eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {:.1} images/s", n_images / extract_s);
 
-    let parts = split::stratified(&train.y, dataset.num_classes(), cfg.val_fraction, cfg.seed);
+    let parts = split::stratified(&train.y, dataset.num_classes(), cfg.val_fraction, cfg.model.seed);
     let fit = select(&train, &parts.fit);
     let val = select(&train, &parts.val);
     let fitted = probe::train(&fit, &val, dataset.num_classes(), &cfg.probe, device)?;
@@ -61,50 +62,45 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     report::write_epochs(&run_dir, &fitted.epochs)?;
 
     let mut row = Row::default();
-    row.set(
-        "finished_at",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-    )
-    .set("dataset", cfg.dataset_name())
-    .set(
-        "labels",
-        if cfg.data.dataset == DatasetName::Cifar100 {
-            label_name(cfg.data.labels)
-        } else {
-            ""
-        },
-    )
-    .set("arch", cfg.arch.name())
-    .set("stem", cfg.stem.name())
-    .set("init", "torchvision")
-    .set("seed", cfg.seed)
-    .set("weights", &cfg.weights)
-    .set("device", device::name(device))
-    .set("threads", cfg.threads)
-    .set("batch_size", cfg.batch_size)
-    .set("pool", &cfg.pool)
-    .set("feature_dim", net.feature_dim())
-    .set("normalize", &cfg.normalize)
-    .set("optimizer", &cfg.optimizer)
-    .set("schedule", &cfg.schedule)
-    .set("epochs", cfg.probe.epochs)
-    .set("lr", cfg.probe.lr)
-    .set("weight_decay", cfg.probe.weight_decay)
-    .set("probe_batch_size", cfg.probe.batch_size)
-    .set("val_fraction", cfg.val_fraction)
-    .set("best_epoch", fitted.best_epoch)
-    .set("n_train", parts.fit.len())
-    .set("n_val", parts.val.len())
-    .set("n_test", dataset.test.len())
-    .set("val_acc", frac(fitted.val_acc))
-    .set("test_top1", frac(test_top1))
-    .set("test_top5", frac(test_top5))
-    .set("extract_s", format!("{extract_s:.1}"))
-    .set("images_per_s", format!("{:.1}", n_images / extract_s))
-    .set("fit_s", format!("{:.1}", fitted.fit_s))
-    .set("run_dir", run_dir.display())
-    .set("cnnprobe_version", VERSION)
-    .set("libtorch_version", report::LIBTORCH_VERSION);
+    row.set("finished_at", humantime::format_rfc3339_seconds(std::time::SystemTime::now()))
+        .set("dataset", cfg.data.dataset_name())
+        .set("labels", cfg.data.labels_name())
+        .set("arch", cfg.model.arch.name())
+        .set("stem", cfg.model.stem.name())
+        .set("init", cfg.model.init)
+        .set("zero_init_residual", cfg.model.zero_init_residual)
+        .set("seed", cfg.model.seed)
+        .set("weights", &cfg.weights)
+        .set("bn", cfg.bn)
+        .set("fold_bn", cfg.fold_bn)
+        .set("features", cfg.features.label())
+        .set("pool", format!("{:?}", cfg.features.pool).to_lowercase())
+        .set("pool_size", cfg.features.pool_size)
+        .set("device", device::name(device))
+        .set("threads", cfg.threads)
+        .set("batch_size", cfg.batch_size)
+        .set("feature_dim", feature_dim)
+        .set("normalize", &cfg.normalize)
+        .set("optimizer", &cfg.optimizer)
+        .set("schedule", &cfg.schedule)
+        .set("epochs", cfg.probe.epochs)
+        .set("lr", cfg.probe.lr)
+        .set("weight_decay", cfg.probe.weight_decay)
+        .set("probe_batch_size", cfg.probe.batch_size)
+        .set("val_fraction", cfg.val_fraction)
+        .set("best_epoch", fitted.best_epoch)
+        .set("n_train", parts.fit.len())
+        .set("n_val", parts.val.len())
+        .set("n_test", dataset.test.len())
+        .set("val_acc", frac(fitted.val_acc))
+        .set("test_top1", frac(test_top1))
+        .set("test_top5", frac(test_top5))
+        .set("extract_s", format!("{extract_s:.1}"))
+        .set("images_per_s", format!("{:.1}", n_images / extract_s))
+        .set("fit_s", format!("{:.1}", fitted.fit_s))
+        .set("run_dir", run_dir.display())
+        .set("cnnprobe_version", VERSION)
+        .set("libtorch_version", report::LIBTORCH_VERSION);
     row.write_single(&run_dir.join("result.csv"))?;
     row.append_to(&cfg.summary)?;
     eprintln!(
@@ -115,12 +111,7 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         test_top5,
         run_dir.display()
     );
-    Ok(Outcome {
-        run_dir,
-        val_acc: fitted.val_acc,
-        test_top1,
-        test_top5,
-    })
+    Ok(Outcome { run_dir, val_acc: fitted.val_acc, test_top1, test_top5 })
 }
 
 fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
@@ -143,15 +134,5 @@ fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
 
 fn select(f: &Features, idx: &[i64]) -> Features {
     let idx = tch::Tensor::from_slice(idx).to_kind(Kind::Int64);
-    Features {
-        x: f.x.index_select(0, &idx),
-        y: f.y.index_select(0, &idx),
-    }
-}
-
-fn label_name(l: LabelSet) -> &'static str {
-    match l {
-        LabelSet::Fine => "fine",
-        LabelSet::Coarse => "coarse",
-    }
+    Features { x: f.x.index_select(0, &idx), y: f.y.index_select(0, &idx) }
 }

@@ -42,8 +42,7 @@ pub fn create_run_dir(cfg: &RunConfig) -> Result<PathBuf> {
 
 /// Fails early, before hours of extraction, when the run dir cannot take files.
 fn probe_writable(dir: &Path) -> Result<()> {
-    tempfile::tempfile_in(dir)
-        .with_context(|| format!("--out {}: directory is not writable", dir.display()))?;
+    tempfile::tempfile_in(dir).with_context(|| format!("--out {}: directory is not writable", dir.display()))?;
     Ok(())
 }
 
@@ -55,14 +54,7 @@ pub fn write_config(dir: &Path, cfg: &RunConfig) -> Result<()> {
 pub fn write_epochs(dir: &Path, epochs: &[EpochLog]) -> Result<()> {
     write_atomic(&dir.join("epochs.csv"), |w| {
         let mut c = csv::Writer::from_writer(w);
-        c.write_record([
-            "epoch",
-            "train_loss",
-            "train_acc",
-            "val_acc",
-            "lr",
-            "elapsed_s",
-        ])?;
+        c.write_record(["epoch", "train_loss", "train_acc", "val_acc", "lr", "elapsed_s"])?;
         for e in epochs {
             c.write_record([
                 e.epoch.to_string(),
@@ -109,4 +101,25 @@ impl Row {
 /// Formats an accuracy/fraction with 4 decimals.
 pub fn frac(v: f64) -> String {
     format!("{v:.4}")
+}
+
+/// `cnnprobe models`: every architecture with its stages and default features.
+pub fn print_models() {
+    use clap::ValueEnum;
+    println!("{:<10} {:<9} description", "arch", "stages");
+    for arch in crate::models::Arch::value_variants() {
+        let stages = if arch.is_vgg() {
+            "block1-5"
+        } else if arch.is_cifar_resnet() {
+            "layer1-3"
+        } else {
+            "layer1-4"
+        };
+        println!("{:<10} {:<9} {}", arch.name(), stages, arch.describe());
+    }
+    println!();
+    println!("Features: the last stage, globally average-pooled, unless --features/--taps names stages");
+    println!("(pooled with --pool avg|max|avgmax over --pool-size K×K cells, then concatenated) or fc2 (VGG).");
+    println!("Init (--init): torchvision (default; the family's torchvision formulas), pytorch-default,");
+    println!("kaiming-normal, xavier-uniform, orthogonal, normal:STD, uniform:A. Drawn on the CPU from --seed.");
 }

@@ -12,12 +12,8 @@ use std::path::Path;
 fn archive(dir: &Path) -> (Vec<u8>, String) {
     let src = dir.join("src");
     write_cifar10(&src, 10, 10);
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    tar.append_dir_all("cifar-10-batches-bin", src.join("cifar-10-batches-bin"))
-        .unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    tar.append_dir_all("cifar-10-batches-bin", src.join("cifar-10-batches-bin")).unwrap();
     let bytes = tar.into_inner().unwrap().finish().unwrap();
     let md5 = format!("{:x}", Md5::digest(&bytes));
     (bytes, md5)
@@ -34,18 +30,10 @@ fn serve(body: Vec<u8>, max: usize) -> String {
             let n = s.read(&mut req).unwrap_or(0);
             let head = String::from_utf8_lossy(&req[..n]);
             if head.starts_with("GET /cifar-10-binary.tar.gz ") {
-                write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .unwrap();
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
                 s.write_all(&body).unwrap();
             } else {
-                s.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )
-                .unwrap();
+                s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
             }
         }
     });
@@ -53,31 +41,15 @@ fn serve(body: Vec<u8>, max: usize) -> String {
 }
 
 fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
 
-fn run_download(
-    cwd: &Path,
-    data_dir: &Path,
-    mirror: &str,
-    md5: Option<&str>,
-) -> std::process::Output {
-    let mut args = vec![
-        "run",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--mirror",
-        mirror,
-        "--out",
-        "r",
-        "--summary",
-        "s.csv",
-    ];
+fn run_download(cwd: &Path, data_dir: &Path, mirror: &str, md5: Option<&str>) -> std::process::Output {
+    let mut args =
+        vec!["run", "--data-dir", data_dir.to_str().unwrap(), "--mirror", mirror, "--out", "r", "--summary", "s.csv"];
     if let Some(m) = md5 {
         args.extend(["--archive-md5", m]);
     }
@@ -93,10 +65,7 @@ fn downloads_verifies_extracts_and_reuses() {
     let data_dir = tmp.path().join("data");
     let out = run_download(tmp.path(), &data_dir, &url, Some(&md5));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        entries(&data_dir),
-        ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
-    );
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]);
     // Second run: the server is gone (it served one request), the extracted folder is reused.
     let out = run_download(tmp.path(), &data_dir, &url, Some(&md5));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -112,36 +81,18 @@ fn md5_mismatch_leaves_nothing_behind() {
     let out = run_download(tmp.path(), &data_dir, &url, None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.contains(&format!(
-            "has md5 {md5}, expected c32a1d4ab5d03f1284b67883e8d87530"
-        )),
-        "{err}"
-    );
+    assert!(err.contains(&format!("has md5 {md5}, expected c32a1d4ab5d03f1284b67883e8d87530")), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        entries(&data_dir).is_empty(),
-        "left behind: {:?}",
-        entries(&data_dir)
-    );
+    assert!(entries(&data_dir).is_empty(), "left behind: {:?}", entries(&data_dir));
 }
 
 #[test]
 fn offline_error_says_which_file_goes_where() {
     let tmp = tempfile::tempdir().unwrap();
     // A port with nothing listening.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let data_dir = tmp.path().join("data");
-    let out = run_download(
-        tmp.path(),
-        &data_dir,
-        &format!("http://127.0.0.1:{port}"),
-        None,
-    );
+    let out = run_download(tmp.path(), &data_dir, &format!("http://127.0.0.1:{port}"), None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     let want = format!(
@@ -160,12 +111,7 @@ fn file_url_mirror_and_a_placed_archive_work() {
     std::fs::create_dir(&mirror_dir).unwrap();
     std::fs::write(mirror_dir.join("cifar-10-binary.tar.gz"), &bytes).unwrap();
     let data_dir = tmp.path().join("data");
-    let out = run_download(
-        tmp.path(),
-        &data_dir,
-        &format!("file://{}", mirror_dir.display()),
-        Some(&md5),
-    );
+    let out = run_download(tmp.path(), &data_dir, &format!("file://{}", mirror_dir.display()), Some(&md5));
     assert!(out.status.success(), "{}", stderr(&out));
 
     // An archive placed by hand (the offline recipe) is verified and extracted.
@@ -177,17 +123,9 @@ fn file_url_mirror_and_a_placed_archive_work() {
     // A corrupt placed archive is refused with advice, and not extracted.
     let data3 = tmp.path().join("data3");
     std::fs::create_dir(&data3).unwrap();
-    std::fs::write(
-        data3.join("cifar-10-binary.tar.gz"),
-        &bytes[..bytes.len() / 2],
-    )
-    .unwrap();
+    std::fs::write(data3.join("cifar-10-binary.tar.gz"), &bytes[..bytes.len() / 2]).unwrap();
     let out = run_download(tmp.path(), &data3, "http://127.0.0.1:9", Some(&md5));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is corrupt or incomplete; delete it and run again"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("is corrupt or incomplete; delete it and run again"), "{}", stderr(&out));
     assert_eq!(entries(&data3), ["cifar-10-binary.tar.gz"]);
 }

@@ -1,10 +1,15 @@
-//! A seed gives torchvision's network bit for bit: `Network::random(arch, imagenet, S)`
-//! equals `torch.manual_seed(S); torchvision.models.<arch>()`. Needs the set-up venv
+//! A seed gives torchvision's network bit for bit: `--seed S --init torchvision` equals
+//! `torch.manual_seed(S); torchvision.models.<arch>()`. Needs the set-up venv
 //! (CNNPROBE_PYTHON, set by scripts/test.sh); skipped cleanly without it.
 mod common;
 
-use cnnprobe::models::{Arch, Network, Stem};
+use cnnprobe::models::init::InitScheme;
+use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::process::Command;
+
+fn model(arch: Arch, seed: u64) -> ModelConfig {
+    ModelConfig { arch, stem: Stem::Imagenet, init: InitScheme::Torchvision, zero_init_residual: false, seed }
+}
 
 fn check(arch: Arch, seed: u64) {
     let Some(py) = common::python() else {
@@ -22,35 +27,21 @@ fn check(arch: Arch, seed: u64) {
         path = npz.display()
     );
     let out = Command::new(py).arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference = tch::Tensor::read_npz(&npz).unwrap();
 
-    let net = Network::random(arch, Stem::Imagenet, seed, tch::Device::Cpu).unwrap();
+    let net = Network::build(&model(arch, seed)).unwrap();
     let ours = net.vs.variables();
     assert_eq!(ours.len(), reference.len(), "state-dict key count");
     for (name, want) in &reference {
         let got = ours.get(name).unwrap_or_else(|| panic!("missing {name}"));
         assert_eq!(got.size(), want.size(), "{name} shape");
-        let diff = (got.to_kind(tch::Kind::Double) - want.to_kind(tch::Kind::Double))
-            .abs()
-            .max()
-            .double_value(&[]);
-        assert_eq!(diff, 0.0, "{name} differs from torchvision by {diff}");
+        assert!(got.to_kind(want.kind()).equal(want), "{name} differs from torchvision");
     }
     // Not vacuous: another seed gives other weights.
-    let other = Network::random(arch, Stem::Imagenet, seed + 1, tch::Device::Cpu).unwrap();
-    let w = other.vs.variables()["conv1.weight"].shallow_clone();
-    assert!(!w.equal(
-        &reference
-            .iter()
-            .find(|(n, _)| n == "conv1.weight")
-            .unwrap()
-            .1
-    ));
+    let other = Network::build(&model(arch, seed + 1)).unwrap();
+    let first = &reference[0];
+    assert!(!other.vs.variables()[&first.0].equal(&first.1));
 }
 
 #[test]
@@ -61,4 +52,14 @@ fn resnet18_seed0_equals_torchvision() {
 #[test]
 fn resnet50_seed3_equals_torchvision() {
     check(Arch::Resnet50, 3);
+}
+
+#[test]
+fn vgg11_bn_seed1_equals_torchvision() {
+    check(Arch::Vgg11Bn, 1);
+}
+
+#[test]
+fn vgg16_seed0_equals_torchvision() {
+    check(Arch::Vgg16, 0);
 }

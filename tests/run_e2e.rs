@@ -8,9 +8,7 @@ fn run_writes_epochs_config_result_and_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_cifar10(tmp.path(), 40, 50);
     let data = data.to_str().unwrap();
-    let mut args = vec![
-        "run", "--data", data, "--stem", "imagenet", "--seed", "3", "--out", "run1",
-    ];
+    let mut args = vec!["run", "--data", data, "--stem", "imagenet", "--seed", "3", "--out", "run1"];
     args.extend_from_slice(QUICK);
     let out = cnnprobe(tmp.path(), &args);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -23,17 +21,15 @@ fn run_writes_epochs_config_result_and_summary() {
     for l in &lines[1..] {
         let cells: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
         assert_eq!(cells.len(), 6);
-        assert!(
-            cells[1].is_finite()
-                && (0.0..=1.0).contains(&cells[2])
-                && (0.0..=1.0).contains(&cells[3])
-        );
+        assert!(cells[1].is_finite() && (0.0..=1.0).contains(&cells[2]) && (0.0..=1.0).contains(&cells[3]));
     }
 
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["seed"], 3);
-    assert_eq!(cfg["arch"], "resnet18");
+    assert_eq!(cfg["model"]["seed"], 3);
+    assert_eq!(cfg["model"]["arch"], "resnet18");
+    assert_eq!(cfg["model"]["init"], "torchvision");
+    assert_eq!(cfg["bn"], "eval");
     assert_eq!(cfg["probe"]["epochs"], 5);
 
     let mut rdr = csv::Reader::from_path(tmp.path().join("results/summary.csv")).unwrap();
@@ -59,10 +55,7 @@ fn run_writes_epochs_config_result_and_summary() {
         "cnnprobe_version",
         "libtorch_version",
     ] {
-        assert!(
-            header.iter().any(|h| h == col),
-            "summary lacks column {col}"
-        );
+        assert!(header.iter().any(|h| h == col), "summary lacks column {col}");
     }
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 1);
@@ -79,9 +72,7 @@ fn run_writes_epochs_config_result_and_summary() {
     assert!(top5 >= top1);
 
     // A second run appends a second row under the same header.
-    let mut args2 = vec![
-        "run", "--data", data, "--stem", "cifar", "--seed", "4", "--out", "run2",
-    ];
+    let mut args2 = vec!["run", "--data", data, "--stem", "cifar", "--seed", "4", "--out", "run2"];
     args2.extend_from_slice(QUICK);
     let out = cnnprobe(tmp.path(), &args2);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -95,27 +86,13 @@ fn same_seed_same_result_different_seed_different_network() {
     let data = write_cifar10(tmp.path(), 20, 30);
     let data = data.to_str().unwrap();
     let run = |seed: &str, out: &str| {
-        let mut a = vec![
-            "run",
-            "--data",
-            data,
-            "--seed",
-            seed,
-            "--out",
-            out,
-            "--summary",
-            "s.csv",
-        ];
+        let mut a = vec!["run", "--data", data, "--seed", seed, "--out", out, "--summary", "s.csv"];
         a.extend_from_slice(QUICK);
         let o = cnnprobe(tmp.path(), &a);
         assert!(o.status.success(), "{}", stderr(&o));
         std::fs::read_to_string(tmp.path().join(out).join("epochs.csv")).unwrap()
     };
-    let strip = |s: String| {
-        s.lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect::<Vec<_>>()
-    };
+    let strip = |s: String| s.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect::<Vec<_>>();
     let a = strip(run("1", "a"));
     let b = strip(run("1", "b"));
     let c = strip(run("2", "c"));
@@ -136,10 +113,6 @@ fn default_run_dir_is_timestamped_under_results_runs() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(runs.len(), 1);
-    assert!(
-        runs[0].ends_with("-cifar10-resnet18-imagenet-s7"),
-        "{}",
-        runs[0]
-    );
+    assert!(runs[0].ends_with("-cifar10-resnet18-imagenet-s7"), "{}", runs[0]);
     assert!(runs[0].chars().take(8).all(|c| c.is_ascii_digit()));
 }

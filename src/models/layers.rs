@@ -13,9 +13,20 @@ pub enum LayerKind {
 
 /// A layer's parameters, as seen by the init code (shallow handles into the VarStore).
 pub struct Site {
+    pub name: String,
     pub kind: LayerKind,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+}
+
+/// How BatchNorm layers behave in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BnMode {
+    /// Frozen: normalise with the running statistics.
+    Eval,
+    /// Calibration: normalise with batch statistics and fold them into the running
+    /// statistics with this momentum (1/(k+1) on batch k gives the cumulative average).
+    Calibrate { momentum: f64 },
 }
 
 pub struct Conv2d {
@@ -23,42 +34,24 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     pub stride: i64,
     pub padding: i64,
+    name: String,
 }
 
 impl Conv2d {
-    pub fn new(
-        p: nn::Path,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        stride: i64,
-        padding: i64,
-        bias: bool,
-    ) -> Self {
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64, bias: bool) -> Self {
         let zero = nn::Init::Const(0.);
         let weight = p.var("weight", &[c_out, c_in, k, k], zero);
         let bias = bias.then(|| p.var("bias", &[c_out], zero));
-        Conv2d {
-            weight,
-            bias,
-            stride,
-            padding,
-        }
+        Conv2d { weight, bias, stride, padding, name: p.components().collect::<Vec<_>>().join(".") }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(
-            &self.weight,
-            self.bias.as_ref(),
-            [self.stride; 2],
-            [self.padding; 2],
-            [1, 1],
-            1,
-        )
+        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride; 2], [self.padding; 2], [1, 1], 1)
     }
 
     pub fn site(&self) -> Site {
         Site {
+            name: self.name.clone(),
             kind: LayerKind::Conv,
             weight: self.weight.shallow_clone(),
             bias: self.bias.as_ref().map(|b| b.shallow_clone()),
@@ -67,13 +60,14 @@ impl Conv2d {
 }
 
 /// BatchNorm2d with torchvision's buffers (running stats and num_batches_tracked), so
-/// state dicts load by name. Frozen networks use it in eval mode only.
+/// state dicts load by name.
 pub struct BatchNorm2d {
     pub weight: Tensor,
     pub bias: Tensor,
     pub running_mean: Tensor,
     pub running_var: Tensor,
     pub eps: f64,
+    name: String,
 }
 
 impl BatchNorm2d {
@@ -83,36 +77,47 @@ impl BatchNorm2d {
         let running_mean = p.zeros_no_train("running_mean", &[c]);
         let running_var = p.ones_no_train("running_var", &[c]);
         // Kept only so torchvision state dicts have no "unexpected" keys.
-        let _ = p.add(
-            "num_batches_tracked",
-            Tensor::zeros([], (tch::Kind::Int64, p.device())),
-            false,
-        );
-        BatchNorm2d {
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            eps: 1e-5,
-        }
+        let _ = p.add("num_batches_tracked", Tensor::zeros([], (tch::Kind::Int64, p.device())), false);
+        let name = p.components().collect::<Vec<_>>().join(".");
+        BatchNorm2d { weight, bias, running_mean, running_var, eps: 1e-5, name }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        let (training, momentum) = match mode {
+            BnMode::Eval => (false, 0.0),
+            BnMode::Calibrate { momentum } => (true, momentum),
+        };
         Tensor::batch_norm(
             x,
             Some(&self.weight),
             Some(&self.bias),
             Some(&self.running_mean),
             Some(&self.running_var),
-            false,
-            0.1,
+            training,
+            momentum,
             self.eps,
             true,
         )
     }
 
+    /// Running statistics back to their initial 0/1 (before calibration).
+    pub fn reset_running_stats(&self) {
+        tch::no_grad(|| {
+            let _ = self.running_mean.shallow_clone().zero_();
+            let _ = self.running_var.shallow_clone().fill_(1.0);
+        });
+    }
+
+    /// Per-channel (scale, shift) that eval-mode BN applies: y = x·scale + shift.
+    pub fn affine(&self) -> (Tensor, Tensor) {
+        let scale = &self.weight / (&self.running_var + self.eps).sqrt();
+        let shift = &self.bias - &self.running_mean * &scale;
+        (scale, shift)
+    }
+
     pub fn site(&self) -> Site {
         Site {
+            name: self.name.clone(),
             kind: LayerKind::BatchNorm,
             weight: self.weight.shallow_clone(),
             bias: Some(self.bias.shallow_clone()),
@@ -120,18 +125,68 @@ impl BatchNorm2d {
     }
 }
 
+/// A convolution optionally followed by BatchNorm. For a frozen network in eval mode the
+/// BN can be folded into the convolution (one op instead of two, same output within
+/// float rounding).
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: Option<BatchNorm2d>,
+    folded: Option<(Tensor, Tensor)>,
+}
+
+impl ConvBn {
+    pub fn new(conv: Conv2d, bn: Option<BatchNorm2d>) -> Self {
+        ConvBn { conv, bn, folded: None }
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        if let (Some((w, b)), BnMode::Eval) = (&self.folded, mode) {
+            return x.conv2d(w, Some(b), [self.conv.stride; 2], [self.conv.padding; 2], [1, 1], 1);
+        }
+        let y = self.conv.forward(x);
+        match &self.bn {
+            Some(bn) => bn.forward(&y, mode),
+            None => y,
+        }
+    }
+
+    /// w' = w·scale (per output channel), b' = b·scale + shift.
+    pub fn fold(&mut self) {
+        let Some(bn) = &self.bn else { return };
+        tch::no_grad(|| {
+            let (scale, shift) = bn.affine();
+            let w = &self.conv.weight * scale.view([-1, 1, 1, 1]);
+            let b = match &self.conv.bias {
+                Some(b) => b * &scale + &shift,
+                None => shift,
+            };
+            self.folded = Some((w.detach(), b.detach()));
+        });
+    }
+
+    pub fn unfold(&mut self) {
+        self.folded = None;
+    }
+
+    pub fn sites(&self, out: &mut Vec<Site>) {
+        out.push(self.conv.site());
+        if let Some(bn) = &self.bn {
+            out.push(bn.site());
+        }
+    }
+}
+
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    name: String,
 }
 
 impl Linear {
     pub fn new(p: nn::Path, d_in: i64, d_out: i64) -> Self {
         let zero = nn::Init::Const(0.);
-        Linear {
-            weight: p.var("weight", &[d_out, d_in], zero),
-            bias: p.var("bias", &[d_out], zero),
-        }
+        let name = p.components().collect::<Vec<_>>().join(".");
+        Linear { weight: p.var("weight", &[d_out, d_in], zero), bias: p.var("bias", &[d_out], zero), name }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -140,6 +195,7 @@ impl Linear {
 
     pub fn site(&self) -> Site {
         Site {
+            name: self.name.clone(),
             kind: LayerKind::Linear,
             weight: self.weight.shallow_clone(),
             bias: Some(self.bias.shallow_clone()),

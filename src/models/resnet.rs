@@ -1,11 +1,12 @@
-//! torchvision's ResNet family (v1.5: the stride sits on the bottleneck's 3×3 conv), with
-//! torchvision's state-dict names and initialisation, plus the CIFAR stem.
-use super::init;
-use super::layers::{BatchNorm2d, Conv2d, Linear, Site};
-use super::Stem;
+//! torchvision's ResNet family (v1.5: the stride sits on the bottleneck's 3×3 conv) with
+//! torchvision's state-dict names, plus the CIFAR stem; and He et al.'s CIFAR ResNets
+//! (resnet20…110), which share the same blocks.
+use super::init::Family;
+use super::layers::{BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
+use super::{Backbone, Stem};
 use tch::{nn, Tensor};
 
-/// BasicBlock (ResNet-18/34) or Bottleneck (ResNet-50/101/152).
+/// BasicBlock (ResNet-18/34, CIFAR ResNets) or Bottleneck (ResNet-50/101/152).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockKind {
     Basic,
@@ -21,10 +22,24 @@ impl BlockKind {
     }
 }
 
+/// How a block's shortcut changes shape when the stage does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shortcut {
+    /// torchvision: a 1×1 strided conv + BN ("option B").
+    Projection,
+    /// He et al.'s CIFAR option A: stride-2 subsampling and zero-padded channels, no parameters.
+    ZeroPad,
+}
+
+enum Downsample {
+    None,
+    Projection(ConvBn),
+    ZeroPad { stride: i64, extra: i64 },
+}
+
 struct Block {
-    convs: Vec<Conv2d>,
-    bns: Vec<BatchNorm2d>,
-    downsample: Option<(Conv2d, BatchNorm2d)>,
+    units: Vec<ConvBn>,
+    downsample: Downsample,
 }
 
 impl Block {
@@ -33,79 +48,92 @@ impl Block {
     fn new(
         p: &nn::Path,
         kind: BlockKind,
+        shortcut: Shortcut,
         c_in: i64,
         planes: i64,
         stride: i64,
         built: &mut Vec<Site>,
     ) -> Self {
         let c_out = planes * kind.expansion();
-        let downsample = (stride != 1 || c_in != c_out).then(|| {
-            let conv = Conv2d::new(p / "downsample" / "0", c_in, c_out, 1, stride, 0, false);
-            built.push(conv.site());
-            (conv, BatchNorm2d::new(p / "downsample" / "1", c_out))
-        });
-        let shapes: Vec<(i64, i64, i64, i64, i64)> = match kind {
-            // (c_in, c_out, kernel, stride, padding)
-            BlockKind::Basic => vec![(c_in, planes, 3, stride, 1), (planes, planes, 3, 1, 1)],
-            BlockKind::Bottleneck => {
-                vec![
-                    (c_in, planes, 1, 1, 0),
-                    (planes, planes, 3, stride, 1),
-                    (planes, c_out, 1, 1, 0),
-                ]
+        let downsample = match (stride != 1 || c_in != c_out, shortcut) {
+            (false, _) => Downsample::None,
+            (true, Shortcut::ZeroPad) => Downsample::ZeroPad { stride, extra: c_out - c_in },
+            (true, Shortcut::Projection) => {
+                let conv = Conv2d::new(p / "downsample" / "0", c_in, c_out, 1, stride, 0, false);
+                built.push(conv.site());
+                Downsample::Projection(ConvBn::new(conv, Some(BatchNorm2d::new(p / "downsample" / "1", c_out))))
             }
         };
-        let (mut convs, mut bns) = (Vec::new(), Vec::new());
-        for (i, (ci, co, k, s, pad)) in shapes.into_iter().enumerate() {
-            let conv = Conv2d::new(p / format!("conv{}", i + 1), ci, co, k, s, pad, false);
-            built.push(conv.site());
-            convs.push(conv);
-            bns.push(BatchNorm2d::new(p / format!("bn{}", i + 1), co));
-        }
-        Block {
-            convs,
-            bns,
-            downsample,
-        }
+        // (c_in, c_out, kernel, stride, padding) of each conv.
+        let shapes: Vec<(i64, i64, i64, i64, i64)> = match kind {
+            BlockKind::Basic => vec![(c_in, planes, 3, stride, 1), (planes, planes, 3, 1, 1)],
+            BlockKind::Bottleneck => {
+                vec![(c_in, planes, 1, 1, 0), (planes, planes, 3, stride, 1), (planes, c_out, 1, 1, 0)]
+            }
+        };
+        let units = shapes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (ci, co, k, s, pad))| {
+                let conv = Conv2d::new(p / format!("conv{}", i + 1), ci, co, k, s, pad, false);
+                built.push(conv.site());
+                ConvBn::new(conv, Some(BatchNorm2d::new(p / format!("bn{}", i + 1), co)))
+            })
+            .collect();
+        Block { units, downsample }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let last = self.convs.len() - 1;
+    fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        let last = self.units.len() - 1;
         let mut y = x.shallow_clone();
-        for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
-            y = bn.forward(&conv.forward(&y));
+        for (i, unit) in self.units.iter().enumerate() {
+            y = unit.forward(&y, mode);
             if i != last {
                 y = y.relu_();
             }
         }
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)),
-            None => x.shallow_clone(),
+            Downsample::None => x.shallow_clone(),
+            Downsample::Projection(unit) => unit.forward(x, mode),
+            Downsample::ZeroPad { stride, extra } => {
+                let s = x.slice(2, 0, None, *stride).slice(3, 0, None, *stride);
+                s.constant_pad_nd([0, 0, 0, 0, extra / 2, extra - extra / 2])
+            }
         };
         (y + shortcut).relu_()
     }
 
     /// Registration order, as `nn.Module.modules()` walks it: conv1, bn1, conv2, …, downsample.
     fn sites(&self, out: &mut Vec<Site>) {
-        for (conv, bn) in self.convs.iter().zip(&self.bns) {
-            out.push(conv.site());
-            out.push(bn.site());
-        }
-        if let Some((conv, bn)) = &self.downsample {
-            out.push(conv.site());
-            out.push(bn.site());
+        self.units.iter().for_each(|u| u.sites(out));
+        if let Downsample::Projection(u) = &self.downsample {
+            u.sites(out);
         }
     }
 
-    fn last_bn(&self) -> &BatchNorm2d {
-        self.bns.last().expect("a block has batch norms")
+    fn units_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {
+        let ds = match &mut self.downsample {
+            Downsample::Projection(u) => Some(u),
+            _ => None,
+        };
+        self.units.iter_mut().chain(ds)
     }
+}
+
+/// Shape of a ResNet: torchvision's four stages of 64…512 planes, or a CIFAR ResNet's
+/// three stages of 16/32/64.
+pub struct ResNetSpec {
+    pub kind: BlockKind,
+    pub blocks: Vec<usize>,
+    pub width: i64,
+    pub stem: Stem,
+    pub shortcut: Shortcut,
+    pub num_classes: i64,
 }
 
 pub struct ResNet {
     stem: Stem,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    conv1: ConvBn,
     layers: Vec<Vec<Block>>,
     fc: Linear,
     feature_dim: i64,
@@ -114,101 +142,85 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// `blocks`: blocks per stage, e.g. [2, 2, 2, 2] for ResNet-18. The classifier keeps
-    /// torchvision's 1000 outputs so state dicts and RNG streams match torchvision's default.
-    pub fn new(p: &nn::Path, kind: BlockKind, blocks: [usize; 4], stem: Stem) -> Self {
+    pub fn new(p: &nn::Path, spec: &ResNetSpec) -> Self {
         let mut built = Vec::new();
-        let conv1 = match stem {
-            Stem::Imagenet => Conv2d::new(p / "conv1", 3, 64, 7, 2, 3, false),
+        let w = spec.width;
+        let conv1 = match spec.stem {
+            Stem::Imagenet => Conv2d::new(p / "conv1", 3, w, 7, 2, 3, false),
             // He et al.'s CIFAR stem: 3×3 stride 1, and no max-pool in forward.
-            Stem::Cifar => Conv2d::new(p / "conv1", 3, 64, 3, 1, 1, false),
+            Stem::Cifar => Conv2d::new(p / "conv1", 3, w, 3, 1, 1, false),
         };
         built.push(conv1.site());
-        let bn1 = BatchNorm2d::new(p / "bn1", 64);
-        let mut c_in = 64;
+        let conv1 = ConvBn::new(conv1, Some(BatchNorm2d::new(p / "bn1", w)));
+        let mut c_in = w;
         let mut layers = Vec::new();
-        for (i, &n) in blocks.iter().enumerate() {
-            let planes = 64 << i;
+        for (i, &n) in spec.blocks.iter().enumerate() {
+            let planes = w << i;
             let lp = p / format!("layer{}", i + 1);
             let mut stage = Vec::new();
             for b in 0..n {
                 let stride = if b == 0 && i > 0 { 2 } else { 1 };
-                stage.push(Block::new(
-                    &(&lp / b),
-                    kind,
-                    c_in,
-                    planes,
-                    stride,
-                    &mut built,
-                ));
-                c_in = planes * kind.expansion();
+                stage.push(Block::new(&(&lp / b), spec.kind, spec.shortcut, c_in, planes, stride, &mut built));
+                c_in = planes * spec.kind.expansion();
             }
             layers.push(stage);
         }
-        let fc = Linear::new(p / "fc", c_in, 1000);
+        let fc = Linear::new(p / "fc", c_in, spec.num_classes);
         built.push(fc.site());
-        ResNet {
-            stem,
-            conv1,
-            bn1,
-            layers,
-            fc,
-            feature_dim: c_in,
-            built,
-        }
-    }
-
-    /// torchvision's initialisation: reset_parameters in constructor order, then
-    /// kaiming-normal(fan_out, relu) on every conv and BN 1/0 in module order; fc keeps
-    /// its PyTorch default. `zero_init_residual` zeroes each block's last BN weight.
-    pub fn init_torchvision(&self, zero_init_residual: bool) {
-        self.built.iter().for_each(init::pytorch_reset);
-        for site in self.sites() {
-            match site.kind {
-                super::layers::LayerKind::Conv => init::kaiming_normal_fan_out(&site.weight),
-                super::layers::LayerKind::BatchNorm => init::batchnorm_identity(&site),
-                super::layers::LayerKind::Linear => {}
-            }
-        }
-        if zero_init_residual {
-            self.layers
-                .iter()
-                .flatten()
-                .for_each(|b| init::zero(&b.last_bn().weight));
-        }
-    }
-
-    /// Every parameterised layer in `modules()` order.
-    pub fn sites(&self) -> Vec<Site> {
-        let mut out = vec![self.conv1.site(), self.bn1.site()];
-        self.layers.iter().flatten().for_each(|b| b.sites(&mut out));
-        out.push(self.fc.site());
-        out
+        ResNet { stem: spec.stem, conv1, layers, fc, feature_dim: c_in, built }
     }
 
     pub fn feature_dim(&self) -> i64 {
         self.feature_dim
     }
+}
 
-    /// The layer4 feature map (before pooling).
-    pub fn feature_map(&self, x: &Tensor) -> Tensor {
-        let mut y = self.bn1.forward(&self.conv1.forward(x)).relu_();
+impl Backbone for ResNet {
+    fn family(&self) -> Family {
+        Family::ResNet
+    }
+
+    fn stage_names(&self) -> Vec<String> {
+        (1..=self.layers.len()).map(|i| format!("layer{i}")).collect()
+    }
+
+    fn forward_stages(&self, x: &Tensor, mode: BnMode, until: usize) -> Vec<Tensor> {
+        let mut y = self.conv1.forward(x, mode).relu_();
         if self.stem == Stem::Imagenet {
             y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
-        for block in self.layers.iter().flatten() {
-            y = block.forward(&y);
+        let mut outs = Vec::new();
+        for stage in self.layers.iter().take(until + 1) {
+            for block in stage {
+                y = block.forward(&y, mode);
+            }
+            outs.push(y.shallow_clone());
         }
-        y
+        outs
     }
 
-    /// Logits of the 1000-way classifier (used by parity tests against torchvision).
-    pub fn logits(&self, x: &Tensor) -> Tensor {
-        self.fc.forward(
-            &self
-                .feature_map(x)
-                .adaptive_avg_pool2d([1, 1])
-                .flatten(1, -1),
-        )
+    fn logits(&self, x: &Tensor) -> Tensor {
+        let last = self.forward_stages(x, BnMode::Eval, self.layers.len() - 1).pop().expect("stages");
+        self.fc.forward(&last.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+    }
+
+    fn built_sites(&self) -> &[Site] {
+        &self.built
+    }
+
+    fn module_sites(&self) -> Vec<Site> {
+        let mut out = Vec::new();
+        self.conv1.sites(&mut out);
+        self.layers.iter().flatten().for_each(|b| b.sites(&mut out));
+        out.push(self.fc.site());
+        out
+    }
+
+    fn units_mut(&mut self) -> Vec<&mut ConvBn> {
+        let mut v = vec![&mut self.conv1];
+        for block in self.layers.iter_mut().flatten() {
+            v.extend(block.units_mut());
+        }
+        v
     }
 }

@@ -25,11 +25,7 @@ impl Bytes {
 /// features separate the classes well enough for a probe to learn.
 pub fn record(label: u8, rng: &mut Bytes) -> Vec<u8> {
     let mut r = vec![label];
-    let base = [
-        (label as u32 * 25) % 256,
-        (label as u32 * 70) % 256,
-        (label as u32 * 130) % 256,
-    ];
+    let base = [(label as u32 * 25) % 256, (label as u32 * 70) % 256, (label as u32 * 130) % 256];
     for b in base {
         for _ in 0..1024 {
             r.push((b + (rng.next() as u32 % 60)).min(255) as u8);
@@ -60,11 +56,7 @@ pub fn write_cifar10(dir: &Path, per_file: usize, test: usize) -> PathBuf {
 
 /// Runs the binary in `cwd` with `args`.
 pub fn cnnprobe(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("cnnprobe runs")
+    Command::new(BIN).args(args).current_dir(cwd).output().expect("cnnprobe runs")
 }
 
 pub fn stderr(o: &Output) -> String {
