@@ -8,9 +8,7 @@ pub fn parse_spec(s: &str) -> Result<String, String> {
         "auto" | "cpu" | "cuda" => Ok(s.to_string()),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(_)) => Ok(s.to_string()),
-            _ => Err(format!(
-                "'{s}' is not a device: use auto, cpu, cuda or cuda:N"
-            )),
+            _ => Err(format!("'{s}' is not a device: use auto, cpu, cuda or cuda:N")),
         },
     }
 }
@@ -23,18 +21,14 @@ pub fn resolve(spec: &str) -> Result<Device> {
         "auto" => Ok(if cuda { Device::Cuda(0) } else { Device::Cpu }),
         "cpu" => Ok(Device::Cpu),
         _ => {
-            let index = spec
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            let index = spec.strip_prefix("cuda:").and_then(|n| n.parse().ok()).unwrap_or(0);
             if !cuda {
-                bail!("--device {spec}: CUDA is not available on this machine (libtorch sees no GPU); use --device cpu");
+                bail!(
+                    "--device {spec}: CUDA is not available on this machine (libtorch sees no GPU); use --device cpu"
+                );
             }
             if index >= count {
-                bail!(
-                    "--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{}",
-                    count - 1
-                );
+                bail!("--device {spec}: this machine has {count} CUDA device(s), cuda:0..cuda:{}", count - 1);
             }
             Ok(Device::Cuda(index))
         }

@@ -12,8 +12,7 @@ where
     F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
 {
     let dir = parent_dir(path);
-    fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", file_name(path)))
         .suffix(".tmp")
@@ -22,18 +21,12 @@ where
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         write(&mut w).with_context(|| format!("writing {}", path.display()))?;
-        w.flush()
-            .with_context(|| format!("writing {}", path.display()))?;
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
     }
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| {
-        format!(
-            "cannot move the finished file into place at {}",
-            path.display()
-        )
-    })?;
+    tmp.as_file().sync_all().with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot move the finished file into place at {}", path.display()))?;
     Ok(())
 }
 
@@ -43,8 +36,7 @@ where
 /// atomically with the union of both column sets, old columns first, blanks where unknown.
 pub fn append_csv_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
     let dir = parent_dir(path);
-    fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let lock_path = dir.join(format!(".{}.lock", file_name(path)));
     let lock = OpenOptions::new()
         .create(true)
@@ -52,8 +44,7 @@ pub fn append_csv_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> 
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
 
     let existing = read_header(path)?;
     match existing {
@@ -78,26 +69,16 @@ fn merge_columns(path: &Path, old: &[String], new: &[String], rows: &[Vec<String
     let mut columns: Vec<String> = old.to_vec();
     columns.extend(new.iter().filter(|c| !old.contains(c)).cloned());
     let mut out: Vec<Vec<String>> = Vec::new();
-    let mut rdr =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     for (i, rec) in rdr.records().enumerate() {
-        let rec =
-            rec.with_context(|| format!("{}: row {} is not valid CSV", path.display(), i + 2))?;
+        let rec = rec.with_context(|| format!("{}: row {} is not valid CSV", path.display(), i + 2))?;
         let mut row: Vec<String> = rec.iter().map(str::to_string).collect();
         row.resize(columns.len(), String::new());
         out.push(row);
     }
     for r in rows {
         out.push(
-            columns
-                .iter()
-                .map(|c| {
-                    new.iter()
-                        .position(|n| n == c)
-                        .map(|j| r[j].clone())
-                        .unwrap_or_default()
-                })
-                .collect(),
+            columns.iter().map(|c| new.iter().position(|n| n == c).map(|j| r[j].clone()).unwrap_or_default()).collect(),
         );
     }
     let bytes = csv_bytes(Some(&columns), &out)?;
@@ -109,11 +90,8 @@ fn read_header(path: &Path) -> Result<Option<Vec<String>>> {
         Ok(m) if m.len() > 0 => {}
         _ => return Ok(None),
     }
-    let mut rdr =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    let h = rdr
-        .headers()
-        .with_context(|| format!("{}: unreadable CSV header", path.display()))?;
+    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let h = rdr.headers().with_context(|| format!("{}: unreadable CSV header", path.display()))?;
     Ok(Some(h.iter().map(str::to_string).collect()))
 }
 
@@ -136,9 +114,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into())
+    path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into())
 }
 
 #[cfg(test)]

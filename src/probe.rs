@@ -58,10 +58,7 @@ pub struct Head {
 
 impl Head {
     pub fn logits(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            self.linear
-                .forward(&self.standardizer.apply(&x.to_device(self.device)))
-        })
+        tch::no_grad(|| self.linear.forward(&self.standardizer.apply(&x.to_device(self.device))))
     }
 }
 
@@ -75,19 +72,10 @@ pub struct Fitted {
 
 /// Trains on `fit`, scoring `val` after each epoch (cosine learning-rate decay), and keeps
 /// the weights of the epoch with the best validation accuracy.
-pub fn train(
-    fit: &Features,
-    val: &Features,
-    num_classes: usize,
-    s: &ProbeSettings,
-    device: Device,
-) -> Result<Fitted> {
+pub fn train(fit: &Features, val: &Features, num_classes: usize, s: &ProbeSettings, device: Device) -> Result<Fitted> {
     let n = fit.x.size()[0];
     ensure!(n > 0, "the fit split is empty");
-    ensure!(
-        val.x.size()[0] > 0,
-        "the validation split is empty: use more data or a larger --val-fraction"
-    );
+    ensure!(val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
     let start = Instant::now();
     let x = fit.x.to_device(device);
     let y = fit.y.to_device(device);
@@ -98,25 +86,14 @@ pub fn train(
 
     tch::manual_seed(s.seed as i64);
     let vs = nn::VarStore::new(device);
-    let linear = nn::linear(
-        vs.root() / "head",
-        x.size()[1],
-        num_classes as i64,
-        Default::default(),
-    );
-    let mut opt = nn::AdamW {
-        wd: s.weight_decay,
-        ..Default::default()
-    }
-    .build(&vs, s.lr)?;
+    let linear = nn::linear(vs.root() / "head", x.size()[1], num_classes as i64, Default::default());
+    let mut opt = nn::AdamW { wd: s.weight_decay, ..Default::default() }.build(&vs, s.lr)?;
 
     let bar = progress::epochs(s.epochs as u64);
     let mut epochs = Vec::with_capacity(s.epochs);
     let mut best: Option<(f64, usize, Tensor, Tensor)> = None;
     for epoch in 1..=s.epochs {
-        let lr = s.lr
-            * 0.5
-            * (1.0 + (std::f64::consts::PI * (epoch - 1) as f64 / s.epochs as f64).cos());
+        let lr = s.lr * 0.5 * (1.0 + (std::f64::consts::PI * (epoch - 1) as f64 / s.epochs as f64).cos());
         opt.set_lr(lr);
         let perm = Tensor::randperm(n, (Kind::Int64, device));
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
@@ -145,12 +122,7 @@ pub fn train(
             elapsed_s: start.elapsed().as_secs_f64(),
         });
         if best.as_ref().is_none_or(|b| val_acc > b.0) {
-            best = Some((
-                val_acc,
-                epoch,
-                linear.ws.detach().copy(),
-                linear.bs.as_ref().expect("bias").detach().copy(),
-            ));
+            best = Some((val_acc, epoch, linear.ws.detach().copy(), linear.bs.as_ref().expect("bias").detach().copy()));
         }
         bar.inc(1);
     }
@@ -161,12 +133,7 @@ pub fn train(
         linear.bs.as_ref().expect("bias").shallow_clone().copy_(&b);
     });
     Ok(Fitted {
-        head: Head {
-            _vs: vs,
-            linear,
-            standardizer,
-            device,
-        },
+        head: Head { _vs: vs, linear, standardizer, device },
         epochs,
         best_epoch,
         val_acc,
@@ -180,19 +147,10 @@ pub fn evaluate(head: &Head, data: &Features) -> (f64, f64) {
     let y = data.y.to_device(head.device);
     let k = 5.min(logits.size()[1]);
     let (_, top) = logits.topk(k, 1, true, true);
-    let top5 = top
-        .eq_tensor(&y.unsqueeze(1))
-        .any_dim(1, false)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float);
+    let top5 = top.eq_tensor(&y.unsqueeze(1)).any_dim(1, false).to_kind(Kind::Float).mean(Kind::Float);
     (accuracy(&logits, &y), top5.double_value(&[]))
 }
 
 fn accuracy(logits: &Tensor, y: &Tensor) -> f64 {
-    logits
-        .argmax(1, false)
-        .eq_tensor(y)
-        .to_kind(Kind::Float)
-        .mean(Kind::Float)
-        .double_value(&[])
+    logits.argmax(1, false).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
 }

@@ -21,11 +21,9 @@ pub fn bytes(total: Option<u64>, what: &str) -> ProgressBar {
         None => ProgressBar::new_spinner(),
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar

@@ -36,13 +36,9 @@ impl Cifar {
 
     pub fn train_files(self) -> &'static [&'static str] {
         match self {
-            Cifar::Ten => &[
-                "data_batch_1.bin",
-                "data_batch_2.bin",
-                "data_batch_3.bin",
-                "data_batch_4.bin",
-                "data_batch_5.bin",
-            ],
+            Cifar::Ten => {
+                &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"]
+            }
             _ => &["train.bin"],
         }
     }
@@ -85,26 +81,16 @@ impl Cifar {
 /// Finds the folder holding the binary files: `data` itself or `data/<archive folder>`.
 pub fn locate(data: &Path, which: Cifar) -> Result<PathBuf> {
     ensure!(data.exists(), "data dir {} does not exist", data.display());
-    ensure!(
-        data.is_dir(),
-        "data dir {} is not a directory",
-        data.display()
-    );
+    ensure!(data.is_dir(), "data dir {} is not a directory", data.display());
     let first = which.train_files()[0];
     for dir in [data.to_path_buf(), data.join(which.folder_name())] {
         if dir.join(first).is_file() {
             return Ok(dir);
         }
     }
-    let empty = std::fs::read_dir(data)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
+    let empty = std::fs::read_dir(data).map(|mut d| d.next().is_none()).unwrap_or(false);
     if empty {
-        bail!(
-            "data dir {} is empty: expected {} binary files ({first} …)",
-            data.display(),
-            which.display_name()
-        );
+        bail!("data dir {} is empty: expected {} binary files ({first} …)", data.display(), which.display_name());
     }
     bail!(
         "no {} binary files in {}: expected {first} there or in {}",
@@ -134,15 +120,11 @@ fn read_files(dir: &Path, names: &[&str], which: Cifar) -> Result<Split> {
     let mut labels = Vec::new();
     for name in names {
         let path = dir.join(name);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         parse_records(&path, &bytes, which, &mut pixels, &mut labels)?;
     }
     let n = labels.len() as i64;
-    Ok(Split {
-        images: Tensor::from_slice(&pixels).view([n, 3, 32, 32]),
-        labels: Tensor::from_slice(&labels),
-    })
+    Ok(Split { images: Tensor::from_slice(&pixels).view([n, 3, 32, 32]), labels: Tensor::from_slice(&labels) })
 }
 
 /// Appends the records of one file. Errors name the file and the record.
@@ -154,11 +136,7 @@ pub fn parse_records(
     labels: &mut Vec<i64>,
 ) -> Result<()> {
     let rec = which.record_len();
-    ensure!(
-        !bytes.is_empty(),
-        "{}: file is empty (expected {rec}-byte records)",
-        path.display()
-    );
+    ensure!(!bytes.is_empty(), "{}: file is empty (expected {rec}-byte records)", path.display());
     if bytes.len() % rec != 0 {
         bail!(
             "{}: size {} is not a whole number of {rec}-byte records (truncated? record {} is incomplete)",
@@ -172,11 +150,7 @@ pub fn parse_records(
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let y = r[which.label_offset()] as usize;
         if y >= classes {
-            bail!(
-                "{}: record {i} has label {y}, outside the {classes} classes 0..{}",
-                path.display(),
-                classes - 1
-            );
+            bail!("{}: record {i} has label {y}, outside the {classes} classes 0..{}", path.display(), classes - 1);
         }
         labels.push(y as i64);
         pixels.extend_from_slice(&r[which.label_bytes()..]);
@@ -193,35 +167,17 @@ fn class_names(dir: &Path, which: Cifar) -> Vec<String> {
         Cifar::HundredCoarse => "coarse_label_names.txt",
     };
     if let Ok(text) = std::fs::read_to_string(dir.join(meta)) {
-        let names: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
         if names.len() == which.num_classes() {
             return names;
         }
     }
     if which == Cifar::Ten {
-        return [
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ]
-        .map(String::from)
-        .to_vec();
+        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            .map(String::from)
+            .to_vec();
     }
-    (0..which.num_classes())
-        .map(|i| format!("class_{i}"))
-        .collect()
+    (0..which.num_classes()).map(|i| format!("class_{i}")).collect()
 }
 
 #[cfg(test)]
@@ -243,14 +199,7 @@ mod tests {
     #[test]
     fn parses_cifar10_and_both_cifar100_label_sets() {
         let (mut px, mut ys) = (vec![], vec![]);
-        parse_records(
-            Path::new("f"),
-            &records(&[3, 7], Cifar::Ten),
-            Cifar::Ten,
-            &mut px,
-            &mut ys,
-        )
-        .unwrap();
+        parse_records(Path::new("f"), &records(&[3, 7], Cifar::Ten), Cifar::Ten, &mut px, &mut ys).unwrap();
         assert_eq!(ys, vec![3, 7]);
         assert_eq!(px.len(), 2 * PIXELS);
         assert_eq!(px[PIXELS], 7);
@@ -260,14 +209,7 @@ mod tests {
         parse_records(Path::new("f"), &bytes, Cifar::HundredFine, &mut px, &mut ys).unwrap();
         assert_eq!(ys, vec![42, 99]);
         let (mut px, mut ys) = (vec![], vec![]);
-        parse_records(
-            Path::new("f"),
-            &bytes,
-            Cifar::HundredCoarse,
-            &mut px,
-            &mut ys,
-        )
-        .unwrap();
+        parse_records(Path::new("f"), &bytes, Cifar::HundredCoarse, &mut px, &mut ys).unwrap();
         assert_eq!(ys, vec![2, 19]);
     }
 
@@ -275,31 +217,11 @@ mod tests {
     fn truncated_and_bad_label_name_file_and_record() {
         let mut bytes = records(&[1, 2, 3], Cifar::Ten);
         bytes.truncate(bytes.len() - 5);
-        let err = parse_records(
-            Path::new("x.bin"),
-            &bytes,
-            Cifar::Ten,
-            &mut vec![],
-            &mut vec![],
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("x.bin") && err.to_string().contains("record 2 is incomplete"),
-            "{err}"
-        );
+        let err = parse_records(Path::new("x.bin"), &bytes, Cifar::Ten, &mut vec![], &mut vec![]).unwrap_err();
+        assert!(err.to_string().contains("x.bin") && err.to_string().contains("record 2 is incomplete"), "{err}");
 
         let bytes = records(&[1, 12, 3], Cifar::Ten);
-        let err = parse_records(
-            Path::new("y.bin"),
-            &bytes,
-            Cifar::Ten,
-            &mut vec![],
-            &mut vec![],
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "y.bin: record 1 has label 12, outside the 10 classes 0..9"
-        );
+        let err = parse_records(Path::new("y.bin"), &bytes, Cifar::Ten, &mut vec![], &mut vec![]).unwrap_err();
+        assert_eq!(err.to_string(), "y.bin: record 1 has label 12, outside the 10 classes 0..9");
     }
 }

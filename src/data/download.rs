@@ -19,35 +19,23 @@ pub const OFFICIAL_MIRROR: &str = "https://www.cs.toronto.edu/~kriz/";
 pub fn archive(which: Cifar) -> (&'static str, &'static str) {
     match which {
         Cifar::Ten => ("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530"),
-        _ => (
-            "cifar-100-binary.tar.gz",
-            "03b5dce01913d631647c71ecec9e9cb8",
-        ),
+        _ => ("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8"),
     }
 }
 
 /// Returns the extracted dataset folder under `data_dir`, downloading and extracting the
 /// archive first when needed. `mirror` replaces the official base URL (http(s):// or
 /// file://); `md5` replaces the official checksum (for a private, repacked mirror).
-pub fn ensure_cifar(
-    data_dir: &Path,
-    which: Cifar,
-    mirror: Option<&str>,
-    md5: Option<&str>,
-) -> Result<PathBuf> {
+pub fn ensure_cifar(data_dir: &Path, which: Cifar, mirror: Option<&str>, md5: Option<&str>) -> Result<PathBuf> {
     let folder = data_dir.join(which.folder_name());
     if folder.join(which.train_files()[0]).is_file() {
         return Ok(folder);
     }
-    fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    fs::create_dir_all(data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let (name, official_md5) = archive(which);
     let expected = md5.unwrap_or(official_md5).to_ascii_lowercase();
     let archive_path = data_dir.join(name);
-    let url = format!(
-        "{}/{name}",
-        mirror.unwrap_or(OFFICIAL_MIRROR).trim_end_matches('/')
-    );
+    let url = format!("{}/{name}", mirror.unwrap_or(OFFICIAL_MIRROR).trim_end_matches('/'));
     if !archive_path.is_file() {
         download(&url, &archive_path, &expected).map_err(|e| {
             e.context(format!(
@@ -74,10 +62,7 @@ pub fn ensure_cifar(
 pub fn download(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            dest.file_name().unwrap_or_default().to_string_lossy()
-        ))
+        .prefix(&format!(".{}.", dest.file_name().unwrap_or_default().to_string_lossy()))
         .suffix(".partial")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
@@ -86,15 +71,12 @@ pub fn download(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader
-            .read(&mut buf)
-            .with_context(|| format!("download of {url} broke off"))?;
+        let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+        tmp.write_all(&buf[..n]).with_context(|| format!("cannot write {}", tmp.path().display()))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
@@ -103,9 +85,7 @@ pub fn download(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
         bail!("download of {url} has md5 {got}, expected {expected_md5}");
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(dest)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot move download to {}", dest.display()))?;
+    tmp.persist(dest).map_err(|e| e.error).with_context(|| format!("cannot move download to {}", dest.display()))?;
     Ok(())
 }
 
@@ -115,14 +95,8 @@ fn open_url(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
         let len = f.metadata().ok().map(|m| m.len());
         return Ok((Box::new(f), len));
     }
-    let resp = ureq::get(url)
-        .call()
-        .with_context(|| format!("cannot download {url}"))?;
-    let len = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let resp = ureq::get(url).call().with_context(|| format!("cannot download {url}"))?;
+    let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     Ok((Box::new(resp.into_body().into_reader()), len))
 }
 

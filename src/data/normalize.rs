@@ -10,19 +10,10 @@ pub struct ChannelStats {
 /// CIFAR-10 train set: per-channel mean and the *population* std over all 50k×32×32 pixels
 /// (computed from the official train batches; the often-quoted (0.2023, 0.1994, 0.2010) is
 /// the mean of per-image stds, which under-states the spread).
-pub const CIFAR10: ChannelStats = ChannelStats {
-    mean: [0.4914, 0.4822, 0.4465],
-    std: [0.2470, 0.2435, 0.2616],
-};
+pub const CIFAR10: ChannelStats = ChannelStats { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
 
 /// CIFAR-100 train set, computed the same way as CIFAR10.
-pub const CIFAR100: ChannelStats = ChannelStats {
-    mean: [0.5071, 0.4865, 0.4409],
-    std: [0.2673, 0.2564, 0.2762],
-};
+pub const CIFAR100: ChannelStats = ChannelStats { mean: [0.5071, 0.4865, 0.4409], std: [0.2673, 0.2564, 0.2762] };
 
 /// ImageNet constants used by every torchvision pretrained preset.
-pub const IMAGENET: ChannelStats = ChannelStats {
-    mean: [0.485, 0.456, 0.406],
-    std: [0.229, 0.224, 0.225],
-};
+pub const IMAGENET: ChannelStats = ChannelStats { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };

@@ -11,8 +11,7 @@ pub struct SplitIndices {
 /// or more), chosen by a permutation seeded with `seed`. The same labels, fraction and seed
 /// always give the same split, on any device.
 pub fn stratified(labels: &Tensor, num_classes: usize, fraction: f64, seed: u64) -> SplitIndices {
-    let labels: Vec<i64> =
-        Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu)).unwrap_or_default();
+    let labels: Vec<i64> = Vec::<i64>::try_from(labels.to_device(tch::Device::Cpu)).unwrap_or_default();
     let mut by_class: Vec<Vec<i64>> = vec![Vec::new(); num_classes];
     for (i, &y) in labels.iter().enumerate() {
         by_class[y as usize].push(i as i64);
