@@ -137,7 +137,7 @@ pub fn parse_records(
 ) -> Result<()> {
     let rec = which.record_len();
     ensure!(!bytes.is_empty(), "{}: file is empty (expected {rec}-byte records)", path.display());
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         bail!(
             "{}: size {} is not a whole number of {rec}-byte records (truncated? record {} is incomplete)",
             path.display(),

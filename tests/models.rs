@@ -1,0 +1,139 @@
+//! The model zoo without Python: init statistics for every family and scheme, BN folding,
+//! BN calibration, feature taps and pooling.
+use cnnprobe::data::normalize;
+use cnnprobe::data::Split;
+use cnnprobe::features::{self, FeatureSpec, Pool};
+use cnnprobe::models::init::{expected_std, InitScheme};
+use cnnprobe::models::layers::LayerKind;
+use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
+use tch::{Device, Kind, Tensor};
+
+fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
+    ModelConfig { arch, stem, init, zero_init_residual: false, seed }
+}
+
+#[test]
+fn every_layer_std_matches_its_scheme_formula() {
+    let schemes = [
+        InitScheme::Torchvision,
+        InitScheme::PytorchDefault,
+        InitScheme::KaimingNormal,
+        InitScheme::XavierUniform,
+        InitScheme::Orthogonal,
+        InitScheme::Normal(0.05),
+        InitScheme::Uniform(0.1),
+    ];
+    // One member of each family; VGG with the CIFAR stem keeps fc1 at 512×4096.
+    for (arch, stem) in [(Arch::Resnet18, Stem::Imagenet), (Arch::Resnet20, Stem::Cifar), (Arch::Vgg11Bn, Stem::Cifar)] {
+        for scheme in schemes {
+            let net = Network::build(&cfg(arch, stem, scheme, 0)).unwrap();
+            let mut checked = 0;
+            for site in net.body.module_sites() {
+                let w = &site.weight;
+                if site.kind == LayerKind::BatchNorm {
+                    assert!(w.equal(&w.ones_like()), "{} {scheme}: BN weight is not 1", site.name);
+                    continue;
+                }
+                // Small layers' sample std is too noisy for a 5% bound (sd ≈ 1/√(2n)).
+                if w.numel() < 2000 {
+                    continue;
+                }
+                let want = expected_std(scheme, arch.family(), site.kind, w);
+                let got = w.std(false).double_value(&[]);
+                let rel = (got - want).abs() / want;
+                assert!(rel < 0.05, "{} {} {scheme}: std {got:.5}, formula {want:.5}", arch.name(), site.name);
+                checked += 1;
+            }
+            assert!(checked >= 5, "{} {scheme}: only {checked} layers checked", arch.name());
+        }
+    }
+}
+
+#[test]
+fn zero_init_residual_zeroes_each_blocks_last_bn() {
+    let mut c = cfg(Arch::Resnet50, Stem::Imagenet, InitScheme::Torchvision, 0);
+    c.zero_init_residual = true;
+    let net = Network::build(&c).unwrap();
+    let vars = net.vs.variables();
+    assert_eq!(vars["layer1.0.bn3.weight"].abs().sum(Kind::Float).double_value(&[]), 0.0);
+    assert_eq!(vars["layer1.0.bn2.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+    assert_eq!(vars["bn1.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+}
+
+fn images(n: i64, seed: i64) -> Split {
+    tch::manual_seed(seed);
+    Split {
+        images: Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+    }
+}
+
+fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
+    FeatureSpec { taps: taps.iter().map(|s| s.to_string()).collect(), pool, pool_size: k }
+}
+
+fn feats(net: &Network, s: &FeatureSpec, data: &Split) -> Tensor {
+    features::extract(net, s, data, normalize::CIFAR10, 16, "test").unwrap().0.x
+}
+
+#[test]
+fn folded_bn_matches_unfolded_within_1e4_relative() {
+    let data = images(24, 1);
+    for arch in [Arch::Resnet18, Arch::Vgg11Bn, Arch::Resnet20] {
+        let stem = if arch == Arch::Resnet18 { Stem::Imagenet } else { Stem::Cifar };
+        let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 2)).unwrap();
+        // Non-trivial BN statistics, so folding has something to fold.
+        features::calibrate_batchnorm(&mut net, &data, 24, 0, normalize::CIFAR10, 8).unwrap();
+        let s = spec(&[], Pool::Avg, 1);
+        let plain = feats(&net, &s, &data);
+        net.fold_batchnorm();
+        let folded = feats(&net, &s, &data);
+        let rel = ((&folded - &plain).abs().max() / plain.abs().max()).double_value(&[]);
+        assert!(rel < 1e-4, "{}: folded differs by {rel:e} relative", arch.name());
+        assert!(rel > 0.0 || arch == Arch::Resnet20, "folding changed nothing at all; is it applied?");
+    }
+}
+
+#[test]
+fn calibration_changes_features_and_is_seeded() {
+    let data = images(32, 2);
+    let build = || Network::build(&cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
+    let s = spec(&[], Pool::Avg, 1);
+    let before = feats(&build(), &s, &data);
+    let mut a = build();
+    features::calibrate_batchnorm(&mut a, &data, 32, 5, normalize::CIFAR10, 8).unwrap();
+    let mut b = build();
+    features::calibrate_batchnorm(&mut b, &data, 32, 5, normalize::CIFAR10, 8).unwrap();
+    let (fa, fb) = (feats(&a, &s, &data), feats(&b, &s, &data));
+    assert!(fa.equal(&fb), "same seed, same calibration");
+    assert!(!fa.allclose(&before, 1e-3, 1e-3, false), "calibration left the features unchanged");
+    // Running stats are no longer the 0/1 of init.
+    let rv = &a.vs.variables()["layer4.1.bn2.running_var"];
+    assert!((rv - 1.0).abs().max().double_value(&[]) > 1e-3);
+}
+
+#[test]
+fn taps_and_pooling_give_documented_dimensions() {
+    let data = images(4, 3);
+    let net = Network::build(&cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
+    let dim = |t: &[&str], p, k| features::feature_dim(&net, &spec(t, p, k), 32).unwrap();
+    assert_eq!(dim(&[], Pool::Avg, 1), 512);
+    assert_eq!(dim(&[], Pool::Avg, 2), 2048);
+    assert_eq!(dim(&[], Pool::Avgmax, 2), 4096);
+    assert_eq!(dim(&["layer2", "layer3", "layer4"], Pool::Avg, 1), 128 + 256 + 512);
+    assert_eq!(feats(&net, &spec(&["layer3", "layer4"], Pool::Max, 2), &data).size(), [4, (256 + 512) * 4]);
+    // layer4 of a CIFAR-stem ResNet-18 is 4×4 at 32×32 input.
+    let err = features::feature_dim(&net, &spec(&[], Pool::Avg, 5), 32).unwrap_err().to_string();
+    assert_eq!(err, "--pool-size 5 is larger than the 4×4 map of layer4 at 32×32 input");
+    let err = features::feature_dim(&net, &spec(&["layer9"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    assert_eq!(err, "--features layer9: resnet18 has no such stage; choose from layer1, layer2, layer3, layer4");
+
+    let vgg = Network::build(&cfg(Arch::Vgg11, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
+    assert_eq!(features::feature_dim(&vgg, &spec(&[], Pool::Avg, 1), 32).unwrap(), 512);
+    assert_eq!(features::feature_dim(&vgg, &spec(&["fc2"], Pool::Avg, 1), 32).unwrap(), 4096);
+    let r20 = Network::build(&cfg(Arch::Resnet20, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
+    assert_eq!(features::feature_dim(&r20, &spec(&[], Pool::Avg, 1), 32).unwrap(), 64);
+    // He et al.'s ResNet-20 has 269,722 parameters (conv, BN affine, fc to 10 classes).
+    let params: i64 = r20.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    assert_eq!(params, 269_722);
+}
