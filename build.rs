@@ -11,10 +11,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=build.rs");
     let lib_dir = env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
-    println!(
-        "cargo:rustc-env=CNNPROBE_LIBTORCH_VERSION={}",
-        libtorch_version(Path::new(&lib_dir))
-    );
+    println!("cargo:rustc-env=CNNPROBE_LIBTORCH_VERSION={}", libtorch_version(Path::new(&lib_dir)));
     if lib_dir.is_empty() {
         println!("cargo:warning=DEP_TCH_LIBTORCH_LIB not set; no rpath added");
         return;
@@ -39,7 +36,5 @@ fn libtorch_version(lib_dir: &Path) -> String {
             }
         }
     }
-    fs::read_to_string(root.join("build-version"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    fs::read_to_string(root.join("build-version")).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }

@@ -1,6 +1,6 @@
 //! Command-line flags, turned into a validated `RunConfig` before any work starts.
 //! Bad values fail here with one sentence and exit code 2 (clap's usage-error code).
-use crate::config::{BnSetting, DataConfig, DatasetName, LabelSet, RunConfig};
+use crate::config::{BnSetting, DataConfig, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::features::{FeatureSpec, Pool};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, ModelConfig, Stem};
@@ -24,8 +24,22 @@ pub struct Cli {
 pub enum Command {
     /// Extract frozen features, fit a linear probe, log the results.
     Run(Box<RunArgs>),
+    /// Random weights over several seeds vs torchvision's ImageNet weights, side by side.
+    Compare(Box<CompareArgs>),
     /// List the architectures, their stages and default features.
     Models,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Seeds of the random networks: 0,1,2 or 0..3 (end excluded) or 0..=2.
+    #[arg(long, default_value = "0..3", value_parser = crate::compare::parse_seeds)]
+    pub seeds: std::vec::Vec<u64>,
+    /// Where the comparison table goes [default: results/compare/<dataset>-<arch>.csv].
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +73,19 @@ pub struct RunArgs {
     /// orthogonal, normal:STD or uniform:A.
     #[arg(long, default_value = "torchvision", value_parser = parse_init)]
     pub init: InitScheme,
+    /// random, imagenet (torchvision's checkpoint, cached in $TORCH_HOME/hub/checkpoints),
+    /// or a state-dict file (.pth/.pt from torch.save, or .safetensors).
+    #[arg(long, default_value = "random", value_parser = parse_weights)]
+    pub weights: WeightsSource,
+    /// Base URL for torchvision checkpoints instead of download.pytorch.org.
+    #[arg(long)]
+    pub weights_mirror: Option<String>,
+    /// Resize images to N×N on the device [default: 224 with --weights imagenet, else 32].
+    #[arg(long, value_parser = positive_usize)]
+    pub input_size: Option<usize>,
+    /// Input normalisation [default: imagenet with pretrained weights, else dataset].
+    #[arg(long, value_enum)]
+    pub input_norm: Option<InputNorm>,
     /// Start each residual block's last BN weight at 0 (torchvision's option).
     #[arg(long)]
     pub zero_init_residual: bool,
@@ -124,6 +151,14 @@ impl RunArgs {
             (None, true) => Stem::Cifar,
             (None, false) => Stem::Imagenet,
         };
+        if self.weights == WeightsSource::Imagenet {
+            if !self.arch.in_torchvision() {
+                bail!("--weights imagenet: torchvision publishes no ImageNet weights for {}", self.arch.name());
+            }
+            if stem == Stem::Cifar {
+                bail!("--weights imagenet needs --stem imagenet: torchvision's checkpoints have the ImageNet stem");
+            }
+        }
         let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
         Ok(RunConfig {
@@ -142,7 +177,18 @@ impl RunArgs {
                 zero_init_residual: self.zero_init_residual,
                 seed: self.seed,
             },
-            weights: "random".into(),
+            input_size: self.input_size.map(|n| n as i64).unwrap_or(if self.weights == WeightsSource::Imagenet {
+                224
+            } else {
+                32
+            }),
+            input_norm: self.input_norm.unwrap_or(if self.weights == WeightsSource::Random {
+                InputNorm::Dataset
+            } else {
+                InputNorm::Imagenet
+            }),
+            weights: self.weights,
+            weights_mirror: self.weights_mirror,
             bn: self.bn,
             fold_bn: self.fold_bn,
             features: FeatureSpec { taps: self.features, pool: self.pool, pool_size: self.pool_size as i64 },
@@ -164,6 +210,10 @@ impl RunArgs {
             summary: self.summary,
         })
     }
+}
+
+fn parse_weights(s: &str) -> Result<WeightsSource, String> {
+    s.parse()
 }
 
 fn parse_init(s: &str) -> Result<InitScheme, String> {

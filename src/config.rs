@@ -61,6 +61,52 @@ impl Serialize for BnSetting {
     }
 }
 
+/// `--weights`: random draws, torchvision's ImageNet checkpoint, or a state-dict file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightsSource {
+    Random,
+    Imagenet,
+    File(PathBuf),
+}
+
+impl FromStr for WeightsSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "random" => WeightsSource::Random,
+            "imagenet" => WeightsSource::Imagenet,
+            "" => return Err("use random, imagenet or a .pth/.pt/.safetensors path".into()),
+            path => WeightsSource::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl fmt::Display for WeightsSource {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            WeightsSource::Random => write!(f, "random"),
+            WeightsSource::Imagenet => write!(f, "imagenet"),
+            WeightsSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for WeightsSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Which per-channel statistics normalise the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputNorm {
+    /// The dataset's own train mean/std (random networks).
+    Dataset,
+    /// ImageNet's, as every torchvision pretrained preset uses.
+    Imagenet,
+}
+
 /// Where the data comes from.
 #[derive(Clone, Debug, Serialize)]
 pub struct DataConfig {
@@ -95,8 +141,12 @@ impl DataConfig {
 pub struct RunConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
-    /// Always "random" until pretrained weights land.
-    pub weights: String,
+    pub weights: WeightsSource,
+    /// Base URL for torchvision checkpoints instead of download.pytorch.org.
+    pub weights_mirror: Option<String>,
+    /// Images are resized (bilinear) to this square size on the device; 32 keeps CIFAR native.
+    pub input_size: i64,
+    pub input_norm: InputNorm,
     pub bn: BnSetting,
     pub fold_bn: bool,
     pub features: FeatureSpec,

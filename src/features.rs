@@ -106,6 +106,12 @@ fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
     }
 }
 
+/// Features of an already normalised float batch (parity checks, library users).
+pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Tensor> {
+    let taps = resolve(net, spec)?;
+    Ok(tch::no_grad(|| forward(net, x, spec, &taps, BnMode::Eval)))
+}
+
 /// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails
 /// when `--pool-size` exceeds a tapped stage's map.
 pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
@@ -129,21 +135,32 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
     })
 }
 
-/// Normalises a uint8 batch on the device: x/255 normalised = x·scale + shift.
+/// How uint8 images become network input.
+#[derive(Clone, Copy, Debug)]
+pub struct Preprocess {
+    pub stats: ChannelStats,
+    /// Square input size; images of another size are resized (bilinear) on the device.
+    pub input_size: i64,
+}
+
+/// Normalises (and resizes) a uint8 batch on the device: x/255 normalised = x·scale + shift.
 struct Normalizer {
     scale: Tensor,
     shift: Tensor,
     device: Device,
+    size: i64,
 }
 
 impl Normalizer {
-    fn new(stats: ChannelStats, device: Device) -> Self {
+    fn new(pre: Preprocess, device: Device) -> Self {
+        let stats = pre.stats;
         let scale: Vec<f32> = stats.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
         let shift: Vec<f32> = stats.mean.iter().zip(stats.std).map(|(m, s)| (-m / s) as f32).collect();
         Normalizer {
             scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]).to_device(device),
             shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),
             device,
+            size: pre.input_size,
         }
     }
 
@@ -151,7 +168,17 @@ impl Normalizer {
         let mut x = images.to_device(self.device).to_kind(Kind::Float);
         x *= &self.scale;
         x += &self.shift;
-        x
+        let (h, w) = (x.size()[2], x.size()[3]);
+        if (h, w) == (self.size, self.size) {
+            return x;
+        }
+        let out = [self.size, self.size];
+        if self.size < h.min(w) {
+            // Shrinking needs antialiasing, as torchvision's Resize does on tensors.
+            Tensor::internal_upsample_bilinear2d_aa(&x, out, false, None, None)
+        } else {
+            x.upsample_bilinear2d(out, false, None, None)
+        }
     }
 }
 
@@ -163,7 +190,7 @@ pub fn calibrate_batchnorm(
     train: &Split,
     n: usize,
     seed: u64,
-    stats: ChannelStats,
+    pre: Preprocess,
     batch_size: usize,
 ) -> Result<()> {
     ensure!(n > 0, "--bn calibrate:N needs N > 0");
@@ -174,7 +201,7 @@ pub fn calibrate_batchnorm(
     let n = n.min(train.len());
     let order = split::permutation(train.len(), seed ^ 0xB17C);
     let idx: Vec<i64> = order[..n].iter().map(|&i| i as i64).collect();
-    let norm = Normalizer::new(stats, net.device());
+    let norm = Normalizer::new(pre, net.device());
     let last = net.body.stage_names().len() - 1;
     let bar = progress::images(n as u64, "calibrate");
     tch::no_grad(|| {
@@ -199,17 +226,16 @@ pub struct Features {
 pub fn extract(
     net: &Network,
     spec: &FeatureSpec,
+    pre: Preprocess,
     split: &Split,
-    stats: ChannelStats,
     batch_size: usize,
     what: &str,
 ) -> Result<(Features, f64)> {
     let taps = resolve(net, spec)?;
     let n = split.len() as i64;
-    let input = split.images.size()[2];
-    let dim = feature_dim(net, spec, input)?;
+    let dim = feature_dim(net, spec, pre.input_size)?;
     let out = Tensor::empty([n, dim], (Kind::Float, Device::Cpu));
-    let norm = Normalizer::new(stats, net.device());
+    let norm = Normalizer::new(pre, net.device());
     let bar = progress::images(n as u64, what);
     let start = Instant::now();
     tch::no_grad(|| {

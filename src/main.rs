@@ -11,6 +11,10 @@ fn main() -> ExitCode {
             Ok(cfg) => cnnprobe::pipeline::run(&cfg).map(|_| ()),
             Err(e) => return fail(&e, 2),
         },
+        Command::Compare(args) => {
+            let args = *args;
+            cnnprobe::compare::run(args.run, &args.seeds, args.table).map(|_| ())
+        }
         Command::Models => {
             cnnprobe::report::print_models();
             Ok(())

@@ -1,9 +1,9 @@
 //! The `run` command: data → frozen network → features → probe → logs.
-use crate::config::{BnSetting, DatasetName, LabelSet, RunConfig};
+use crate::config::{BnSetting, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::data::cifar::{self, Cifar};
 use crate::data::{download, normalize, split, Dataset};
-use crate::features::{self, Features};
-use crate::models::Network;
+use crate::features::{self, Features, Preprocess};
+use crate::models::{pretrained, Network};
 use crate::report::{self, frac, Row};
 use crate::{device, probe, VERSION};
 use anyhow::{Context, Result};
@@ -21,6 +21,8 @@ pub struct Outcome {
 pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     tch::set_num_threads(cfg.threads as i32);
     let device = device::resolve(&cfg.device)?;
+    // The network first: a missing checkpoint or a bad weights file fails before any data work.
+    let mut net = build_network(cfg, device)?;
     let dataset = load_dataset(cfg)?;
     let run_dir = report::create_run_dir(cfg)?;
     report::write_config(&run_dir, cfg)?;
@@ -33,21 +35,16 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         cfg.model.arch.name(),
         device::name(device)
     );
-
-    let mut net = Network::random(&cfg.model, device)?;
-    let stats = match cfg.data.dataset {
-        DatasetName::Cifar10 => normalize::CIFAR10,
-        DatasetName::Cifar100 => normalize::CIFAR100,
-    };
+    let pre = preprocess(cfg);
     if let BnSetting::Calibrate(n) = cfg.bn {
-        features::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, stats, cfg.batch_size)?;
+        features::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, pre, cfg.batch_size)?;
     }
     if cfg.fold_bn {
         net.fold_batchnorm();
     }
     let spec = &cfg.features;
-    let (train, train_s) = features::extract(&net, spec, &dataset.train, stats, cfg.batch_size, "train")?;
-    let (test, test_s) = features::extract(&net, spec, &dataset.test, stats, cfg.batch_size, "test")?;
+    let (train, train_s) = features::extract(&net, spec, pre, &dataset.train, cfg.batch_size, "train")?;
+    let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
     let feature_dim = train.x.size()[1];
     let extract_s = train_s + test_s;
     let n_images = (dataset.train.len() + dataset.test.len()) as f64;
@@ -71,6 +68,8 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         .set("zero_init_residual", cfg.model.zero_init_residual)
         .set("seed", cfg.model.seed)
         .set("weights", &cfg.weights)
+        .set("input_size", cfg.input_size)
+        .set("input_norm", format!("{:?}", cfg.input_norm).to_lowercase())
         .set("bn", cfg.bn)
         .set("fold_bn", cfg.fold_bn)
         .set("features", cfg.features.label())
@@ -112,6 +111,31 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         run_dir.display()
     );
     Ok(Outcome { run_dir, val_acc: fitted.val_acc, test_top1, test_top5 })
+}
+
+/// The frozen network: drawn from the seed, or loaded from pretrained weights, then moved
+/// to the device.
+pub fn build_network(cfg: &RunConfig, device: tch::Device) -> Result<Network> {
+    let mut net = Network::build(&cfg.model)?;
+    match &cfg.weights {
+        WeightsSource::Random => {}
+        WeightsSource::Imagenet => {
+            let path = pretrained::ensure_checkpoint(cfg.model.arch, cfg.weights_mirror.as_deref())?;
+            net.load_weights(&path)?;
+        }
+        WeightsSource::File(path) => net.load_weights(path)?,
+    }
+    net.to_device(device);
+    Ok(net)
+}
+
+pub fn preprocess(cfg: &RunConfig) -> Preprocess {
+    let stats = match (cfg.input_norm, cfg.data.dataset) {
+        (InputNorm::Imagenet, _) => normalize::IMAGENET,
+        (InputNorm::Dataset, DatasetName::Cifar10) => normalize::CIFAR10,
+        (InputNorm::Dataset, DatasetName::Cifar100) => normalize::CIFAR100,
+    };
+    Preprocess { stats, input_size: cfg.input_size }
 }
 
 fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {

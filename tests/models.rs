@@ -2,11 +2,13 @@
 //! BN calibration, feature taps and pooling.
 use cnnprobe::data::normalize;
 use cnnprobe::data::Split;
-use cnnprobe::features::{self, FeatureSpec, Pool};
+use cnnprobe::features::{self, FeatureSpec, Pool, Preprocess};
 use cnnprobe::models::init::{expected_std, InitScheme};
 use cnnprobe::models::layers::LayerKind;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use tch::{Device, Kind, Tensor};
+
+const PRE: Preprocess = Preprocess { stats: normalize::CIFAR10, input_size: 32 };
 
 fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
     ModelConfig { arch, stem, init, zero_init_residual: false, seed }
@@ -24,7 +26,8 @@ fn every_layer_std_matches_its_scheme_formula() {
         InitScheme::Uniform(0.1),
     ];
     // One member of each family; VGG with the CIFAR stem keeps fc1 at 512×4096.
-    for (arch, stem) in [(Arch::Resnet18, Stem::Imagenet), (Arch::Resnet20, Stem::Cifar), (Arch::Vgg11Bn, Stem::Cifar)] {
+    for (arch, stem) in [(Arch::Resnet18, Stem::Imagenet), (Arch::Resnet20, Stem::Cifar), (Arch::Vgg11Bn, Stem::Cifar)]
+    {
         for scheme in schemes {
             let net = Network::build(&cfg(arch, stem, scheme, 0)).unwrap();
             let mut checked = 0;
@@ -73,7 +76,7 @@ fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
 }
 
 fn feats(net: &Network, s: &FeatureSpec, data: &Split) -> Tensor {
-    features::extract(net, s, data, normalize::CIFAR10, 16, "test").unwrap().0.x
+    features::extract(net, s, PRE, data, 16, "test").unwrap().0.x
 }
 
 #[test]
@@ -83,7 +86,7 @@ fn folded_bn_matches_unfolded_within_1e4_relative() {
         let stem = if arch == Arch::Resnet18 { Stem::Imagenet } else { Stem::Cifar };
         let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 2)).unwrap();
         // Non-trivial BN statistics, so folding has something to fold.
-        features::calibrate_batchnorm(&mut net, &data, 24, 0, normalize::CIFAR10, 8).unwrap();
+        features::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
         let s = spec(&[], Pool::Avg, 1);
         let plain = feats(&net, &s, &data);
         net.fold_batchnorm();
@@ -101,9 +104,9 @@ fn calibration_changes_features_and_is_seeded() {
     let s = spec(&[], Pool::Avg, 1);
     let before = feats(&build(), &s, &data);
     let mut a = build();
-    features::calibrate_batchnorm(&mut a, &data, 32, 5, normalize::CIFAR10, 8).unwrap();
+    features::calibrate_batchnorm(&mut a, &data, 32, 5, PRE, 8).unwrap();
     let mut b = build();
-    features::calibrate_batchnorm(&mut b, &data, 32, 5, normalize::CIFAR10, 8).unwrap();
+    features::calibrate_batchnorm(&mut b, &data, 32, 5, PRE, 8).unwrap();
     let (fa, fb) = (feats(&a, &s, &data), feats(&b, &s, &data));
     assert!(fa.equal(&fb), "same seed, same calibration");
     assert!(!fa.allclose(&before, 1e-3, 1e-3, false), "calibration left the features unchanged");

@@ -5,11 +5,9 @@
 //! the dataset folder renamed into place, so an interrupted run never leaves a folder that
 //! a later run would trust.
 use super::cifar::Cifar;
-use crate::progress;
+use crate::fetch::{self, Checksum};
 use anyhow::{bail, Context, Result};
-use md5::{Digest, Md5};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the dataset authors publish the binary archives.
@@ -37,7 +35,7 @@ pub fn ensure_cifar(data_dir: &Path, which: Cifar, mirror: Option<&str>, md5: Op
     let archive_path = data_dir.join(name);
     let url = format!("{}/{name}", mirror.unwrap_or(OFFICIAL_MIRROR).trim_end_matches('/'));
     if !archive_path.is_file() {
-        download(&url, &archive_path, &expected).map_err(|e| {
+        fetch::download(&url, &archive_path, &Checksum::Md5(expected.clone())).map_err(|e| {
             e.context(format!(
                 "{} is not available offline: place {name} (md5 {expected}) at {}, or pass --data DIR with an extracted {} folder",
                 which.display_name(),
@@ -46,7 +44,7 @@ pub fn ensure_cifar(data_dir: &Path, which: Cifar, mirror: Option<&str>, md5: Op
             ))
         })?;
     } else {
-        let got = md5_file(&archive_path)?;
+        let got = fetch::md5_file(&archive_path)?;
         if got != expected {
             bail!(
                 "{} has md5 {got}, expected {expected}: the file is corrupt or incomplete; delete it and run again",
@@ -56,55 +54,6 @@ pub fn ensure_cifar(data_dir: &Path, which: Cifar, mirror: Option<&str>, md5: Op
     }
     extract(&archive_path, data_dir, which.folder_name())?;
     Ok(folder)
-}
-
-/// Streams `url` to `dest` (temp name, then rename) and checks its md5.
-pub fn download(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", dest.file_name().unwrap_or_default().to_string_lossy()))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    let (mut reader, total): (Box<dyn Read>, Option<u64>) = open_url(url)?;
-    let bar = progress::bytes(total, "download");
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).with_context(|| format!("cannot write {}", tmp.path().display()))?;
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
-    let got = format!("{:x}", hasher.finalize());
-    if got != expected_md5 {
-        bail!("download of {url} has md5 {got}, expected {expected_md5}");
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error).with_context(|| format!("cannot move download to {}", dest.display()))?;
-    Ok(())
-}
-
-fn open_url(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
-    if let Some(path) = url.strip_prefix("file://") {
-        let f = File::open(path).with_context(|| format!("cannot open {url}"))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        return Ok((Box::new(f), len));
-    }
-    let resp = ureq::get(url).call().with_context(|| format!("cannot download {url}"))?;
-    let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    Ok((Box::new(resp.into_body().into_reader()), len))
-}
-
-fn md5_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Md5::new();
-    io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// Unpacks `archive` in a temp dir under `data_dir` and renames its `folder` into place.

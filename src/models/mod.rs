@@ -1,6 +1,7 @@
 //! Frozen backbones with torchvision-exact structure, names and initialisation.
 pub mod init;
 pub mod layers;
+pub mod pretrained;
 pub mod resnet;
 pub mod vgg;
 pub mod weights;
@@ -222,6 +223,18 @@ impl Network {
         let mut net = Network::build(cfg)?;
         net.vs.set_device(device);
         Ok(net)
+    }
+
+    /// Replaces every weight and buffer with those of a state-dict file (strict: missing,
+    /// unexpected or wrong-shaped keys are an error that lists them).
+    pub fn load_weights(&self, path: &std::path::Path) -> Result<()> {
+        let tensors = weights::read_state_dict(path)?;
+        weights::load_into(&self.vs, tensors, path)
+            .map_err(|e| e.context(format!("--weights: loading into {}", self.arch.name())))
+    }
+
+    pub fn to_device(&mut self, device: Device) {
+        self.vs.set_device(device);
     }
 
     pub fn device(&self) -> Device {
