@@ -1,10 +1,12 @@
 //! Command-line flags, turned into a validated `RunConfig` before any work starts.
 //! Bad values fail here with one sentence and exit code 2 (clap's usage-error code).
+//! Flags come in groups (data, model, probe, output) shared by the subcommands.
 use crate::config::{BnSetting, DataConfig, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
+use crate::export::FeatureFormat;
 use crate::features::{FeatureSpec, Pool};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, ModelConfig, Stem};
-use crate::probe::ProbeSettings;
+use crate::probe::{Normalize, ProbeSettings, Schedule, Solver};
 use anyhow::{bail, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,26 +26,18 @@ pub struct Cli {
 pub enum Command {
     /// Extract frozen features, fit a linear probe, log the results.
     Run(Box<RunArgs>),
+    /// Extract train/test features and labels to files (csv, npy or safetensors).
+    Extract(Box<ExtractArgs>),
+    /// Fit the probe on features exported by `extract`, with the same options and logs as `run`.
+    Fit(Box<FitArgs>),
     /// Random weights over several seeds vs torchvision's ImageNet weights, side by side.
     Compare(Box<CompareArgs>),
     /// List the architectures, their stages and default features.
     Models,
 }
 
-#[derive(Args, Debug)]
-pub struct CompareArgs {
-    /// Seeds of the random networks: 0,1,2 or 0..3 (end excluded) or 0..=2.
-    #[arg(long, default_value = "0..3", value_parser = crate::compare::parse_seeds)]
-    pub seeds: std::vec::Vec<u64>,
-    /// Where the comparison table goes [default: results/compare/<dataset>-<arch>.csv].
-    #[arg(long)]
-    pub table: Option<PathBuf>,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct RunArgs {
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
     #[arg(long, value_enum, default_value_t = DatasetName::Cifar10)]
     pub dataset: DatasetName,
     /// Extracted dataset folder (cifar-10-batches-bin / cifar-100-binary) or its parent.
@@ -63,6 +57,10 @@ pub struct RunArgs {
     /// CIFAR-100 label set.
     #[arg(long, value_enum, default_value_t = LabelSet::Fine)]
     pub labels: LabelSet,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
     /// Architecture (see `cnnprobe models`).
     #[arg(long, value_enum, default_value_t = Arch::Resnet18)]
     pub arch: Arch,
@@ -108,30 +106,99 @@ pub struct RunArgs {
     /// Seed of the weight draws, the validation split and the probe.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_parser = crate::device::parse_spec)]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Images per extraction batch.
     #[arg(long, default_value_t = 256, value_parser = positive_usize)]
     pub batch_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = crate::device::parse_spec)]
+    pub device: String,
     /// CPU threads for libtorch [default: all cores].
     #[arg(long, value_parser = positive_usize)]
     pub threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
     /// Fraction of each train class held out for validation.
     #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     pub val_fraction: f64,
-    /// Probe epochs (the weights of the best validation epoch are kept).
-    #[arg(long, default_value_t = 30, value_parser = positive_usize)]
-    pub epochs: usize,
-    /// Probe peak learning rate (AdamW, cosine decay).
-    #[arg(long, default_value_t = 1e-3, value_parser = positive_f64)]
-    pub lr: f64,
-    /// Probe AdamW weight decay.
+    /// lbfgs: full-batch L-BFGS on the exact objective; adamw/adam/sgd: tch's optimisers.
+    #[arg(long, value_enum, default_value_t = Solver::Adamw)]
+    pub solver: Solver,
+    /// Feature scaling, fitted on training rows only.
+    #[arg(long, value_enum, default_value_t = Normalize::Standardize)]
+    pub normalize: Normalize,
+    /// Choose the L2 strength on the validation split (log grid, coarse then fine), then
+    /// refit on train+val. Without it --weight-decay is used as given.
+    #[arg(long)]
+    pub wd_search: bool,
+    /// L2 strength: AdamW's decoupled decay, Adam/SGD's L2, or λ of L-BFGS's mean-loss + λ/2‖W‖².
     #[arg(long, default_value_t = 1e-4, value_parser = non_negative_f64)]
     pub weight_decay: f64,
-    /// Probe mini-batch size.
+    /// Epochs of the gradient solvers (the weights of the best validation epoch are kept).
+    #[arg(long, default_value_t = 30, value_parser = positive_usize)]
+    pub epochs: usize,
+    /// Peak learning rate of the gradient solvers.
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_f64)]
+    pub lr: f64,
+    /// Mini-batch size of the gradient solvers.
     #[arg(long, default_value_t = 256, value_parser = positive_usize)]
     pub probe_batch_size: usize,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+    /// Stop when validation loss has not improved for N epochs (0: run all epochs).
+    #[arg(long, default_value_t = 0)]
+    pub patience: usize,
+    /// L-BFGS iteration cap per fit.
+    #[arg(long, default_value_t = 1000, value_parser = positive_usize)]
+    pub max_iter: usize,
+    /// Write the head (weights + feature scaling statistics) as safetensors.
+    #[arg(long)]
+    pub save_head: Option<PathBuf>,
+}
+
+impl ProbeArgs {
+    /// The flags' defaults (for commands that record probe settings without fitting).
+    pub fn defaults() -> ProbeArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            probe: ProbeArgs,
+        }
+        Only::parse_from(["cnnprobe"]).probe
+    }
+
+    pub fn settings(&self, seed: u64) -> ProbeSettings {
+        ProbeSettings {
+            solver: self.solver,
+            normalize: self.normalize,
+            weight_decay: self.weight_decay,
+            wd_search: self.wd_search,
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.probe_batch_size,
+            schedule: self.schedule,
+            patience: self.patience,
+            max_iter: self.max_iter,
+            seed,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
     /// Run directory [default: results/runs/<timestamp>-<dataset>-<arch>-<stem>-s<seed>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -140,9 +207,61 @@ pub struct RunArgs {
     pub summary: PathBuf,
 }
 
-impl RunArgs {
-    /// Validates combinations the flag parsers cannot see alone, then builds the config.
-    pub fn into_config(self) -> Result<RunConfig> {
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Seeds of the random networks: 0,1,2 or 0..3 (end excluded) or 0..=2.
+    #[arg(long, default_value = "0..3", value_parser = crate::compare::parse_seeds)]
+    pub seeds: std::vec::Vec<u64>,
+    /// Where the comparison table goes [default: results/compare/<dataset>-<arch>.csv].
+    #[arg(long)]
+    pub table: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, value_enum, default_value_t = FeatureFormat::Npy)]
+    pub format: FeatureFormat,
+    /// Output directory for the feature files and features.json (the extraction settings).
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    /// A directory written by `cnnprobe extract` (any format).
+    pub features: PathBuf,
+    /// Seed of the validation split and the probe.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl ModelArgs {
+    /// Validates the model flags together; errors here are usage errors.
+    pub fn resolve(&self) -> Result<(ModelConfig, i64, InputNorm)> {
         let stem = match (self.stem, self.arch.is_cifar_resnet()) {
             (Some(Stem::Imagenet), true) => {
                 bail!("--stem imagenet: {} is a CIFAR ResNet and only has the cifar stem", self.arch.name())
@@ -159,57 +278,73 @@ impl RunArgs {
                 bail!("--weights imagenet needs --stem imagenet: torchvision's checkpoints have the ImageNet stem");
             }
         }
-        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
-        Ok(RunConfig {
-            data: DataConfig {
-                dataset: self.dataset,
-                labels: self.labels,
-                data: self.data,
-                data_dir,
-                mirror: self.mirror,
-                archive_md5: self.archive_md5,
-            },
-            model: ModelConfig {
-                arch: self.arch,
-                stem,
-                init: self.init,
-                zero_init_residual: self.zero_init_residual,
-                seed: self.seed,
-            },
-            input_size: self.input_size.map(|n| n as i64).unwrap_or(if self.weights == WeightsSource::Imagenet {
-                224
-            } else {
-                32
-            }),
-            input_norm: self.input_norm.unwrap_or(if self.weights == WeightsSource::Random {
-                InputNorm::Dataset
-            } else {
-                InputNorm::Imagenet
-            }),
-            weights: self.weights,
-            weights_mirror: self.weights_mirror,
-            bn: self.bn,
-            fold_bn: self.fold_bn,
-            features: FeatureSpec { taps: self.features, pool: self.pool, pool_size: self.pool_size as i64 },
-            device: self.device,
-            threads,
-            batch_size: self.batch_size,
-            normalize: "standardize".into(),
-            optimizer: "adamw".into(),
-            schedule: "cosine".into(),
-            val_fraction: self.val_fraction,
-            probe: ProbeSettings {
-                epochs: self.epochs,
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                batch_size: self.probe_batch_size,
-                seed: self.seed,
-            },
-            out: self.out,
-            summary: self.summary,
-        })
+        let input_size =
+            self.input_size.map(|n| n as i64).unwrap_or(if self.weights == WeightsSource::Imagenet { 224 } else { 32 });
+        let input_norm = self.input_norm.unwrap_or(if self.weights == WeightsSource::Random {
+            InputNorm::Dataset
+        } else {
+            InputNorm::Imagenet
+        });
+        let model = ModelConfig {
+            arch: self.arch,
+            stem,
+            init: self.init,
+            zero_init_residual: self.zero_init_residual,
+            seed: self.seed,
+        };
+        Ok((model, input_size, input_norm))
     }
+}
+
+impl DataArgs {
+    pub fn config(&self) -> DataConfig {
+        DataConfig {
+            dataset: self.dataset,
+            labels: self.labels,
+            data: self.data.clone(),
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            mirror: self.mirror.clone(),
+            archive_md5: self.archive_md5.clone(),
+        }
+    }
+}
+
+/// Everything `run` and `extract` share, validated.
+pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &OutputArgs) -> Result<RunConfig> {
+    let (model, input_size, input_norm) = m.resolve()?;
+    Ok(RunConfig {
+        data: data.config(),
+        model,
+        weights: m.weights.clone(),
+        weights_mirror: m.weights_mirror.clone(),
+        input_size,
+        input_norm,
+        bn: m.bn,
+        fold_bn: m.fold_bn,
+        features: FeatureSpec { taps: m.features.clone(), pool: m.pool, pool_size: m.pool_size as i64 },
+        device: m.compute.device.clone(),
+        threads: m.compute.threads(),
+        batch_size: m.batch_size,
+        val_fraction: probe.val_fraction,
+        probe: probe.settings(m.seed),
+        save_head: probe.save_head.clone(),
+        out: output.out.clone(),
+        summary: output.summary.clone(),
+    })
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<RunConfig> {
+        run_config(&self.data, &self.model, &self.probe, &self.output)
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    cache.join("cnnprobe").join("data")
 }
 
 fn parse_weights(s: &str) -> Result<WeightsSource, String> {
@@ -222,14 +357,6 @@ fn parse_init(s: &str) -> Result<InitScheme, String> {
 
 fn parse_bn(s: &str) -> Result<BnSetting, String> {
     s.parse()
-}
-
-fn default_data_dir() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    cache.join("cnnprobe").join("data")
 }
 
 fn positive_usize(s: &str) -> Result<usize, String> {

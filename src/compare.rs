@@ -44,10 +44,10 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn run(args: RunArgs, seeds: &[u64], table: Option<PathBuf>) -> Result<Vec<Group>> {
-    if args.weights != WeightsSource::Random {
+    if args.model.weights != WeightsSource::Random {
         bail!("compare runs both random and imagenet weights itself: drop --weights");
     }
-    let (input_size, input_norm) = (args.input_size, args.input_norm);
+    let (input_size, input_norm) = (args.model.input_size, args.model.input_norm);
     let base: RunConfig = args.into_config()?;
     let out_parent = base.out.clone();
     let with_out = |mut c: RunConfig, tag: &str| {

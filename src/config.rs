@@ -153,11 +153,9 @@ pub struct RunConfig {
     pub device: String,
     pub threads: usize,
     pub batch_size: usize,
-    pub normalize: String,
-    pub optimizer: String,
-    pub schedule: String,
     pub val_fraction: f64,
     pub probe: ProbeSettings,
+    pub save_head: Option<PathBuf>,
     /// Run directory; `None` means results/runs/<timestamp>-<short name>.
     pub out: Option<PathBuf>,
     pub summary: PathBuf,

@@ -7,10 +7,12 @@
 //! `config` holds the validated description of a run; `pipeline` runs the stages in order.
 
 pub mod cli;
+pub mod commands;
 pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod features;
 pub mod fetch;
 pub mod files;

@@ -2,6 +2,7 @@
 //! exit 2 for usage errors (clap's code, and bad flag combinations), 1 for the rest.
 use clap::Parser;
 use cnnprobe::cli::{Cli, Command};
+use cnnprobe::commands;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -11,6 +12,11 @@ fn main() -> ExitCode {
             Ok(cfg) => cnnprobe::pipeline::run(&cfg).map(|_| ()),
             Err(e) => return fail(&e, 2),
         },
+        Command::Extract(args) => match commands::extract_config(&args) {
+            Ok(cfg) => commands::extract(&cfg, &args.output, args.format),
+            Err(e) => return fail(&e, 2),
+        },
+        Command::Fit(args) => commands::fit(&args),
         Command::Compare(args) => {
             let args = *args;
             cnnprobe::compare::run(args.run, &args.seeds, args.table).map(|_| ())

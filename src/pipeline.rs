@@ -1,14 +1,26 @@
-//! The `run` command: data → frozen network → features → probe → logs.
+//! The commands' stages in order: data → frozen network → features → probe → logs.
+//! `run` = `extract_features` + `probe_and_report`; `extract` and `fit` split them at the
+//! feature files.
 use crate::config::{BnSetting, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::data::cifar::{self, Cifar};
 use crate::data::{download, normalize, split, Dataset};
 use crate::features::{self, Features, Preprocess};
 use crate::models::{pretrained, Network};
+use crate::probe::{self, metrics, ProbeSettings};
 use crate::report::{self, frac, Row};
-use crate::{device, probe, VERSION};
+use crate::{device, VERSION};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
-use tch::Kind;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+/// Train and test features with what is needed to log them.
+pub struct FeatureSet {
+    pub train: Features,
+    pub test: Features,
+    pub class_names: Vec<String>,
+    /// How the features were made, as summary columns (dataset, arch, …, extract_s).
+    pub provenance: Vec<(String, String)>,
+}
 
 /// What a finished run reports back (also printed).
 pub struct Outcome {
@@ -19,13 +31,23 @@ pub struct Outcome {
 }
 
 pub fn run(cfg: &RunConfig) -> Result<Outcome> {
-    tch::set_num_threads(cfg.threads as i32);
-    let device = device::resolve(&cfg.device)?;
+    let device = setup_compute(&cfg.device, cfg.threads)?;
+    let set = extract_features(cfg, device)?;
+    let run_dir = report::create_run_dir(cfg.out.as_deref(), &cfg.short_name())?;
+    report::write_json(&run_dir.join("config.json"), cfg)?;
+    probe_and_report(&set, &cfg.probe, cfg.val_fraction, cfg.save_head.as_deref(), device, &run_dir, &cfg.summary)
+}
+
+pub fn setup_compute(spec: &str, threads: usize) -> Result<Device> {
+    tch::set_num_threads(threads as i32);
+    device::resolve(spec)
+}
+
+/// Data → network → features for both splits.
+pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     // The network first: a missing checkpoint or a bad weights file fails before any data work.
     let mut net = build_network(cfg, device)?;
     let dataset = load_dataset(cfg)?;
-    let run_dir = report::create_run_dir(cfg)?;
-    report::write_config(&run_dir, cfg)?;
     eprintln!(
         "cnnprobe {}: {} train / {} test images, {} classes, {} on {}",
         cfg.short_name(),
@@ -47,20 +69,11 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
     let feature_dim = train.x.size()[1];
     let extract_s = train_s + test_s;
-    let n_images = (dataset.train.len() + dataset.test.len()) as f64;
-    eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {:.1} images/s", n_images / extract_s);
+    let images_per_s = (dataset.train.len() + dataset.test.len()) as f64 / extract_s;
+    eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
 
-    let parts = split::stratified(&train.y, dataset.num_classes(), cfg.val_fraction, cfg.model.seed);
-    let fit = select(&train, &parts.fit);
-    let val = select(&train, &parts.val);
-    let fitted = probe::train(&fit, &val, dataset.num_classes(), &cfg.probe, device)?;
-    // The only place the test split meets the head: after every choice is made.
-    let (test_top1, test_top5) = probe::evaluate(&fitted.head, &test);
-    report::write_epochs(&run_dir, &fitted.epochs)?;
-
-    let mut row = Row::default();
-    row.set("finished_at", humantime::format_rfc3339_seconds(std::time::SystemTime::now()))
-        .set("dataset", cfg.data.dataset_name())
+    let mut p = Row::default();
+    p.set("dataset", cfg.data.dataset_name())
         .set("labels", cfg.data.labels_name())
         .set("arch", cfg.model.arch.name())
         .set("stem", cfg.model.stem.name())
@@ -79,43 +92,78 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         .set("threads", cfg.threads)
         .set("batch_size", cfg.batch_size)
         .set("feature_dim", feature_dim)
-        .set("normalize", &cfg.normalize)
-        .set("optimizer", &cfg.optimizer)
-        .set("schedule", &cfg.schedule)
-        .set("epochs", cfg.probe.epochs)
-        .set("lr", cfg.probe.lr)
-        .set("weight_decay", cfg.probe.weight_decay)
-        .set("probe_batch_size", cfg.probe.batch_size)
-        .set("val_fraction", cfg.val_fraction)
+        .set("extract_s", format!("{extract_s:.1}"))
+        .set("images_per_s", format!("{images_per_s:.1}"));
+    Ok(FeatureSet { train, test, class_names: dataset.class_names, provenance: p.0 })
+}
+
+/// Validation split → probe → test metrics → run directory files and a summary row.
+pub fn probe_and_report(
+    set: &FeatureSet,
+    s: &ProbeSettings,
+    val_fraction: f64,
+    save_head: Option<&Path>,
+    device: Device,
+    run_dir: &Path,
+    summary: &Path,
+) -> Result<Outcome> {
+    let classes = set.class_names.len();
+    let parts = split::stratified(&set.train.y, classes, val_fraction, s.seed);
+    let fit = select(&set.train, &parts.fit);
+    let val = select(&set.train, &parts.val);
+    let fitted = probe::fit(&fit, &val, classes, s, device)?;
+    // The only place the test split meets the head: after every choice is made.
+    let m = metrics::score(&fitted.head.logits(&set.test.x), &set.test.y, classes);
+    if let Some(path) = save_head {
+        fitted.head.save(path)?;
+    }
+    report::write_epochs(run_dir, &fitted.epochs)?;
+    report::write_grid(run_dir, &fitted.grid, fitted.chosen_weight_decay)?;
+    report::write_per_class(run_dir, &set.class_names, &m)?;
+
+    let mut row = Row::default();
+    row.set("finished_at", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
+    row.0.extend(set.provenance.iter().cloned());
+    row.set("solver", format!("{:?}", s.solver).to_lowercase())
+        .set("normalize", format!("{:?}", s.normalize).to_lowercase())
+        .set("wd_search", s.wd_search)
+        .set("weight_decay", s.weight_decay)
+        .set("chosen_weight_decay", format!("{:e}", fitted.chosen_weight_decay))
+        .set("epochs", s.epochs)
+        .set("lr", s.lr)
+        .set("schedule", format!("{:?}", s.schedule).to_lowercase())
+        .set("probe_batch_size", s.batch_size)
+        .set("probe_seed", s.seed)
+        .set("val_fraction", val_fraction)
         .set("best_epoch", fitted.best_epoch)
+        .set("refit", fitted.refit)
         .set("n_train", parts.fit.len())
         .set("n_val", parts.val.len())
-        .set("n_test", dataset.test.len())
+        .set("n_test", set.test.y.size()[0])
         .set("val_acc", frac(fitted.val_acc))
-        .set("test_top1", frac(test_top1))
-        .set("test_top5", frac(test_top5))
-        .set("extract_s", format!("{extract_s:.1}"))
-        .set("images_per_s", format!("{:.1}", n_images / extract_s))
+        .set("test_top1", frac(m.top1))
+        .set("test_top5", frac(m.top5))
+        .set("mean_per_class_recall", frac(m.mean_per_class_recall))
         .set("fit_s", format!("{:.1}", fitted.fit_s))
         .set("run_dir", run_dir.display())
         .set("cnnprobe_version", VERSION)
         .set("libtorch_version", report::LIBTORCH_VERSION);
     row.write_single(&run_dir.join("result.csv"))?;
-    row.append_to(&cfg.summary)?;
+    row.append_to(summary)?;
     eprintln!(
-        "probe: best epoch {} val_acc {:.4}; test top1 {:.4} top5 {:.4} → {}",
-        fitted.best_epoch,
+        "probe: val_acc {:.4} (weight decay {:e}); test top1 {:.4} top5 {:.4} → {}",
         fitted.val_acc,
-        test_top1,
-        test_top5,
+        fitted.chosen_weight_decay,
+        m.top1,
+        m.top5,
         run_dir.display()
     );
-    Ok(Outcome { run_dir, val_acc: fitted.val_acc, test_top1, test_top5 })
+    Ok(Outcome { run_dir: run_dir.to_path_buf(), val_acc: fitted.val_acc, test_top1: m.top1, test_top5: m.top5 })
 }
 
 /// The frozen network: drawn from the seed, or loaded from pretrained weights, then moved
 /// to the device.
-pub fn build_network(cfg: &RunConfig, device: tch::Device) -> Result<Network> {
+pub fn build_network(cfg: &RunConfig, device: Device) -> Result<Network> {
     let mut net = Network::build(&cfg.model)?;
     match &cfg.weights {
         WeightsSource::Random => {}

@@ -40,3 +40,15 @@ pub fn epochs(total: u64) -> ProgressBar {
     bar.set_message("probe");
     bar
 }
+
+/// A bar over rows written.
+pub fn rows(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

@@ -1,7 +1,7 @@
 //! Run directories, per-run CSV/JSON logs and the shared summary CSV.
-use crate::config::RunConfig;
 use crate::files::{append_csv_rows, write_atomic};
-use crate::probe::EpochLog;
+use crate::probe::metrics::Metrics;
+use crate::probe::{EpochLog, GridPoint};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,12 +11,12 @@ pub const LIBTORCH_VERSION: &str = env!("CNNPROBE_LIBTORCH_VERSION");
 
 /// Creates the run directory: `--out` as given, or a fresh
 /// `results/runs/<UTC timestamp>-<short name>` (suffixed when two runs start in one second).
-pub fn create_run_dir(cfg: &RunConfig) -> Result<PathBuf> {
-    if let Some(out) = &cfg.out {
+pub fn create_run_dir(out: Option<&Path>, short_name: &str) -> Result<PathBuf> {
+    if let Some(out) = out {
         std::fs::create_dir_all(out)
             .with_context(|| format!("--out {}: cannot create the run directory", out.display()))?;
         probe_writable(out)?;
-        return Ok(out.clone());
+        return Ok(out.to_path_buf());
     }
     let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
@@ -27,8 +27,8 @@ pub fn create_run_dir(cfg: &RunConfig) -> Result<PathBuf> {
     std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     for attempt in 0.. {
         let name = match attempt {
-            0 => format!("{stamp}-{}", cfg.short_name()),
-            n => format!("{stamp}-{}-{n}", cfg.short_name()),
+            0 => format!("{stamp}-{short_name}"),
+            n => format!("{stamp}-{short_name}-{n}"),
         };
         let dir = base.join(name);
         match std::fs::create_dir(&dir) {
@@ -46,21 +46,70 @@ fn probe_writable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn write_config(dir: &Path, cfg: &RunConfig) -> Result<()> {
-    let json = serde_json::to_string_pretty(cfg)?;
-    write_atomic(&dir.join("config.json"), |w| Ok(writeln!(w, "{json}")?))
+/// Any serialisable value as pretty JSON (config.json, features.json).
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    write_atomic(path, |w| Ok(writeln!(w, "{json}")?))
+}
+
+/// wd_search.csv: every evaluated L2 strength and its validation accuracy.
+pub fn write_grid(dir: &Path, grid: &[GridPoint], chosen: f64) -> Result<()> {
+    write_atomic(&dir.join("wd_search.csv"), |w| {
+        let mut c = csv::Writer::from_writer(w);
+        c.write_record(["stage", "weight_decay", "val_acc", "steps", "chosen"])?;
+        for g in grid {
+            c.write_record([
+                g.stage.to_string(),
+                format!("{:e}", g.weight_decay),
+                format!("{:.4}", g.val_acc),
+                g.steps.to_string(),
+                (g.weight_decay == chosen).to_string(),
+            ])?;
+        }
+        c.flush()?;
+        Ok(())
+    })
+}
+
+/// per_class.csv (class, support, accuracy) and confusion.csv (true class × predicted).
+pub fn write_per_class(dir: &Path, class_names: &[String], m: &Metrics) -> Result<()> {
+    write_atomic(&dir.join("per_class.csv"), |w| {
+        let mut c = csv::Writer::from_writer(w);
+        c.write_record(["class", "support", "accuracy"])?;
+        for (name, (n, ok)) in class_names.iter().zip(&m.per_class) {
+            let acc = if *n > 0 { format!("{:.4}", *ok as f64 / *n as f64) } else { String::new() };
+            c.write_record([name.clone(), n.to_string(), acc])?;
+        }
+        c.flush()?;
+        Ok(())
+    })?;
+    write_atomic(&dir.join("confusion.csv"), |w| {
+        let mut c = csv::Writer::from_writer(w);
+        let mut header = vec!["true/predicted".to_string()];
+        header.extend(class_names.iter().cloned());
+        c.write_record(&header)?;
+        for (name, row) in class_names.iter().zip(&m.confusion) {
+            let mut r = vec![name.clone()];
+            r.extend(row.iter().map(i64::to_string));
+            c.write_record(&r)?;
+        }
+        c.flush()?;
+        Ok(())
+    })
 }
 
 pub fn write_epochs(dir: &Path, epochs: &[EpochLog]) -> Result<()> {
     write_atomic(&dir.join("epochs.csv"), |w| {
         let mut c = csv::Writer::from_writer(w);
-        c.write_record(["epoch", "train_loss", "train_acc", "val_acc", "lr", "elapsed_s"])?;
+        c.write_record(["epoch", "train_loss", "train_acc", "val_acc", "val_loss", "lr", "elapsed_s"])?;
         for e in epochs {
+            let opt = |v: f64, p: usize| if v.is_nan() { String::new() } else { format!("{v:.p$}") };
             c.write_record([
                 e.epoch.to_string(),
                 format!("{:.6}", e.train_loss),
                 format!("{:.4}", e.train_acc),
-                format!("{:.4}", e.val_acc),
+                opt(e.val_acc, 4),
+                opt(e.val_loss, 6),
                 format!("{:.6e}", e.lr),
                 format!("{:.3}", e.elapsed_s),
             ])?;

@@ -16,11 +16,11 @@ fn run_writes_epochs_config_result_and_summary() {
     let run = tmp.path().join("run1");
     let epochs = std::fs::read_to_string(run.join("epochs.csv")).unwrap();
     let lines: Vec<&str> = epochs.lines().collect();
-    assert_eq!(lines[0], "epoch,train_loss,train_acc,val_acc,lr,elapsed_s");
+    assert_eq!(lines[0], "epoch,train_loss,train_acc,val_acc,val_loss,lr,elapsed_s");
     assert_eq!(lines.len(), 1 + 5, "one row per epoch");
     for l in &lines[1..] {
         let cells: Vec<f64> = l.split(',').map(|c| c.parse().unwrap()).collect();
-        assert_eq!(cells.len(), 6);
+        assert_eq!(cells.len(), 7);
         assert!(cells[1].is_finite() && (0.0..=1.0).contains(&cells[2]) && (0.0..=1.0).contains(&cells[3]));
     }
 

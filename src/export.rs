@@ -1,0 +1,286 @@
+//! Feature files: what `extract` writes and `fit` reads back. A directory holds the
+//! features in one format plus `features.json` (how they were made, class names). Every
+//! file is written under a temp name and renamed when complete; features.json is written
+//! last, so a directory without it is an unfinished export and is never read.
+use crate::features::Features;
+use crate::files::write_atomic;
+use crate::pipeline::FeatureSet;
+use crate::progress;
+use anyhow::{bail, ensure, Context, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// On-disk formats of exported features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureFormat {
+    /// `split,index,label,f0,…` rows, streamed.
+    Csv,
+    /// numpy: <split>_features.npy (float32) and <split>_labels.npy (int64).
+    Npy,
+    /// One file with train_features, train_labels, test_features, test_labels.
+    Safetensors,
+}
+
+/// features.json.
+#[derive(Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: FeatureFormat,
+    pub n_train: i64,
+    pub n_test: i64,
+    pub feature_dim: i64,
+    pub class_names: Vec<String>,
+    /// Summary columns describing the extraction (dataset, arch, seed, …).
+    pub provenance: Vec<(String, String)>,
+    pub cnnprobe_version: String,
+}
+
+const SPLITS: [&str; 2] = ["train", "test"];
+
+pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--output {}: cannot create the directory", dir.display()))?;
+    // A stale manifest must not vouch for the files we are about to replace.
+    let _ = std::fs::remove_file(dir.join("features.json"));
+    let parts = [&set.train, &set.test];
+    match format {
+        FeatureFormat::Npy => {
+            for (name, f) in SPLITS.iter().zip(parts) {
+                write_tensor_file(&dir.join(format!("{name}_features.npy")), |p| f.x.write_npy(p))?;
+                write_tensor_file(&dir.join(format!("{name}_labels.npy")), |p| f.y.write_npy(p))?;
+            }
+        }
+        FeatureFormat::Safetensors => {
+            let named: Vec<(String, Tensor)> = SPLITS
+                .iter()
+                .zip(parts)
+                .flat_map(|(n, f)| {
+                    [(format!("{n}_features"), f.x.shallow_clone()), (format!("{n}_labels"), f.y.shallow_clone())]
+                })
+                .collect();
+            write_tensor_file(&dir.join("features.safetensors"), |p| Tensor::write_safetensors(&named, p))?;
+        }
+        FeatureFormat::Csv => write_csv(&dir.join("features.csv"), set)?,
+    }
+    let manifest = Manifest {
+        format,
+        n_train: set.train.y.size()[0],
+        n_test: set.test.y.size()[0],
+        feature_dim: set.train.x.size()[1],
+        class_names: set.class_names.clone(),
+        provenance: set.provenance.clone(),
+        cnnprobe_version: crate::VERSION.into(),
+    };
+    crate::report::write_json(&dir.join("features.json"), &manifest)
+}
+
+/// Writes through a temp name in the same directory, renamed when complete.
+fn write_tensor_file(path: &Path, write: impl FnOnce(&Path) -> Result<(), tch::TchError>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", path.file_name().unwrap_or_default().to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?
+        .into_temp_path();
+    write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("cannot move the finished file to {}", path.display()))?;
+    Ok(())
+}
+
+/// `split,index,label,f0,…,fD-1`, streamed a block of rows at a time (a 50k×2048 export
+/// never becomes one string in memory).
+fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
+    let dim = set.train.x.size()[1];
+    let total = (set.train.y.size()[0] + set.test.y.size()[0]) as u64;
+    let bar = progress::rows(total, "csv");
+    write_atomic(path, |w| {
+        let mut c = csv::Writer::from_writer(w);
+        let mut header = vec!["split".to_string(), "index".into(), "label".into()];
+        header.extend((0..dim).map(|i| format!("f{i}")));
+        c.write_record(&header)?;
+        let mut buf = String::with_capacity(32);
+        for (name, f) in SPLITS.iter().zip([&set.train, &set.test]) {
+            let n = f.y.size()[0];
+            let labels = Vec::<i64>::try_from(&f.y)?;
+            let mut start = 0;
+            while start < n {
+                let len = 1024.min(n - start);
+                let block = Vec::<f32>::try_from(f.x.narrow(0, start, len).contiguous().view([-1]))?;
+                for (r, row) in block.chunks(dim as usize).enumerate() {
+                    let i = start as usize + r;
+                    c.write_field(name)?;
+                    c.write_field(i.to_string())?;
+                    c.write_field(labels[i].to_string())?;
+                    for v in row {
+                        buf.clear();
+                        std::fmt::Write::write_fmt(&mut buf, format_args!("{v}"))?;
+                        c.write_field(&buf)?;
+                    }
+                    c.write_record(None::<&[u8]>)?;
+                }
+                bar.inc(len as u64);
+                start += len;
+            }
+        }
+        c.flush()?;
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Reads a directory written by `write`.
+pub fn read(dir: &Path) -> Result<FeatureSet> {
+    let manifest_path = dir.join("features.json");
+    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
+        format!("{}: no features.json (not a `cnnprobe extract` directory, or an unfinished export)", dir.display())
+    })?;
+    let m: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
+    let (train, test) = match m.format {
+        FeatureFormat::Npy => {
+            let load = |s: &str| -> Result<Features> {
+                Ok(Features {
+                    x: read_npy(&dir.join(format!("{s}_features.npy")), Kind::Float)?,
+                    y: read_npy(&dir.join(format!("{s}_labels.npy")), Kind::Int64)?,
+                })
+            };
+            (load("train")?, load("test")?)
+        }
+        FeatureFormat::Safetensors => {
+            let path = dir.join("features.safetensors");
+            let named = Tensor::read_safetensors(&path)
+                .with_context(|| format!("{}: not a readable safetensors file", path.display()))?;
+            let get = |k: &str| -> Result<Tensor> {
+                named
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, t)| t.shallow_clone())
+                    .with_context(|| format!("{}: no tensor named {k}", path.display()))
+            };
+            (
+                Features { x: get("train_features")?, y: get("train_labels")? },
+                Features { x: get("test_features")?, y: get("test_labels")? },
+            )
+        }
+        FeatureFormat::Csv => read_csv(&dir.join("features.csv"), m.feature_dim)?,
+    };
+    for (name, f, n) in [("train", &train, m.n_train), ("test", &test, m.n_test)] {
+        let what = format!("{}: {name}", dir.display());
+        ensure!(
+            f.x.dim() == 2 && f.x.size() == [n, m.feature_dim],
+            "{what} features have shape {:?}, features.json says [{n}, {}]",
+            f.x.size(),
+            m.feature_dim
+        );
+        ensure!(f.y.size() == [n], "{what} labels have shape {:?}, expected [{n}]", f.y.size());
+        ensure!(
+            f.x.kind() == Kind::Float && f.y.kind() == Kind::Int64,
+            "{what}: expected float32 features and int64 labels"
+        );
+        let classes = m.class_names.len() as i64;
+        let (lo, hi) = (f.y.min().int64_value(&[]), f.y.max().int64_value(&[]));
+        ensure!(lo >= 0 && hi < classes, "{what} labels span {lo}..{hi}, outside the {classes} classes");
+    }
+    Ok(FeatureSet { train, test, class_names: m.class_names, provenance: m.provenance })
+}
+
+/// npy reader with the bounds check tch's own lacks: the header's shape must match the
+/// file's length, so a truncated file is an error, never an out-of-bounds read.
+fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{}: not a valid .npy file ({why})", path.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("no NUMPY magic"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => return Err(bad("unknown version")),
+    };
+    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+    let (descr, size) = match want {
+        Kind::Float => ("'<f4'", 4),
+        _ => ("'<i8'", 8),
+    };
+    if !header.contains(descr) {
+        bail!("{}: expected dtype {descr}, header is {}", path.display(), header.trim());
+    }
+    if header.contains("'fortran_order': True") {
+        bail!("{}: Fortran-ordered arrays are not supported", path.display());
+    }
+    let shape_text =
+        header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
+    let shape: Vec<i64> = shape_text
+        .trim_start_matches([' ', '('])
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<i64>().map_err(|_| bad("unreadable shape")))
+        .collect::<Result<_>>()?;
+    let data = &bytes[start + hlen..];
+    let need = shape.iter().product::<i64>() as usize * size;
+    if data.len() != need {
+        bail!("{}: has {} data bytes, its shape {:?} needs {need} (truncated?)", path.display(), data.len(), shape);
+    }
+    Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
+}
+
+fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
+    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = rdr.headers().with_context(|| format!("{}: unreadable header", path.display()))?.clone();
+    ensure!(
+        header.len() as i64 == 3 + dim && &header[0] == "split" && &header[1] == "index" && &header[2] == "label",
+        "{}: header must be split,index,label,f0..f{} ({} columns), found {} columns",
+        path.display(),
+        dim - 1,
+        3 + dim,
+        header.len()
+    );
+    let mut xs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
+    let mut ys: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+    let mut rec = csv::StringRecord::new();
+    let mut line = 1;
+    loop {
+        line += 1;
+        match rdr.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => bail!("{}: line {line}: {e}", path.display()),
+        }
+        ensure!(
+            rec.len() == header.len(),
+            "{}: line {line} has {} cells, the header has {}",
+            path.display(),
+            rec.len(),
+            header.len()
+        );
+        let s = match &rec[0] {
+            "train" => 0,
+            "test" => 1,
+            other => bail!("{}: line {line}: split '{other}' is neither train nor test", path.display()),
+        };
+        let label = rec[2]
+            .parse::<i64>()
+            .map_err(|_| anyhow::anyhow!("{}: line {line}: label '{}' is not an integer", path.display(), &rec[2]))?;
+        ys[s].push(label);
+        for (j, cell) in rec.iter().skip(3).enumerate() {
+            let v = cell.parse::<f32>().map_err(|_| {
+                anyhow::anyhow!("{}: line {line}, column f{j}: '{cell}' is not a number", path.display())
+            })?;
+            xs[s].push(v);
+        }
+    }
+    let make = |i: usize| {
+        let n = ys[i].len() as i64;
+        Features { x: Tensor::from_slice(&xs[i]).view([n, dim]), y: Tensor::from_slice(&ys[i]) }
+    };
+    Ok((make(0), make(1)))
+}

@@ -1,0 +1,305 @@
+//! The linear probe: multinomial logistic regression on frozen features, the protocol
+//! of CLIP's linear-probe evaluation. Features are scaled with statistics of the training
+//! part only; the L2 strength is either given or chosen on a seeded stratified validation
+//! split by a coarse-to-fine log-grid search, then the head is refit on train+val. The test
+//! split is never passed in here: it is scored once, by the caller, with the final head.
+pub mod lbfgs;
+pub mod metrics;
+pub mod train;
+
+use crate::features::Features;
+use anyhow::{ensure, Context, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    /// Full-batch L-BFGS on the exact regularised objective (cnnprobe's own, on tch tensors).
+    Lbfgs,
+    Adamw,
+    Adam,
+    /// SGD with Nesterov momentum 0.9.
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// Zero mean, unit variance per feature (train statistics).
+    Standardize,
+    /// Each feature vector scaled to unit L2 norm.
+    L2,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    /// ×0.1 at 50% and 75% of the epochs.
+    Step,
+    Constant,
+}
+
+/// Settings of the head's training.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeSettings {
+    pub solver: Solver,
+    pub normalize: Normalize,
+    /// The L2 strength: AdamW's decoupled decay, Adam/SGD's L2 term, or λ in L-BFGS's
+    /// mean-loss + λ/2‖W‖² objective. Ignored when `wd_search` is on.
+    pub weight_decay: f64,
+    pub wd_search: bool,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub schedule: Schedule,
+    /// Stop when validation loss has not improved for this many epochs (0: never).
+    pub patience: usize,
+    /// L-BFGS iteration cap per fit.
+    pub max_iter: usize,
+    pub seed: u64,
+}
+
+/// One row of epochs.csv.
+#[derive(Clone, Debug)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_acc: f64,
+    pub val_loss: f64,
+    pub lr: f64,
+    pub elapsed_s: f64,
+}
+
+/// One evaluated point of the regularisation search.
+#[derive(Clone, Debug)]
+pub struct GridPoint {
+    pub stage: &'static str,
+    pub weight_decay: f64,
+    pub val_acc: f64,
+    pub steps: usize,
+}
+
+/// Feature scaling, fitted on training rows only and saved with the head.
+pub struct Scaler {
+    pub kind: Normalize,
+    pub mean: Option<Tensor>,
+    pub std: Option<Tensor>,
+}
+
+impl Scaler {
+    pub fn fit(x: &Tensor, kind: Normalize) -> Scaler {
+        match kind {
+            Normalize::Standardize => Scaler {
+                kind,
+                mean: Some(x.mean_dim(0, true, Kind::Float)),
+                // Population std, floored so constant (e.g. dead-ReLU) features stay finite.
+                std: Some(x.std_correction(0, 0, true).clamp_min(1e-6)),
+            },
+            _ => Scaler { kind, mean: None, std: None },
+        }
+    }
+
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match (self.kind, &self.mean, &self.std) {
+            (Normalize::Standardize, Some(m), Some(s)) => (x - m.to_device(x.device())) / s.to_device(x.device()),
+            (Normalize::L2, _, _) => x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12),
+            _ => x.shallow_clone(),
+        }
+    }
+}
+
+/// A trained head: scaling, then logits = x·Wᵀ + b.
+pub struct Head {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub scaler: Scaler,
+}
+
+impl Head {
+    pub fn logits(&self, x: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let x = self.scaler.apply(&x.to_device(self.w.device()));
+            x.mm(&self.w.tr()) + &self.b
+        })
+    }
+
+    /// Weights and scaling statistics as safetensors (written to a temp name, then renamed).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
+        let mut named = vec![("weight".to_string(), cpu(&self.w)), ("bias".to_string(), cpu(&self.b))];
+        if let (Some(m), Some(s)) = (&self.scaler.mean, &self.scaler.std) {
+            named.push(("feature_mean".into(), cpu(&m.squeeze_dim(0))));
+            named.push(("feature_std".into(), cpu(&s.squeeze_dim(0))));
+        }
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("--save-head: cannot create {}", dir.display()))?;
+        let tmp = tempfile::Builder::new().prefix(".head.").suffix(".safetensors").tempfile_in(dir)?.into_temp_path();
+        Tensor::write_safetensors(&named, &tmp)
+            .with_context(|| format!("--save-head: cannot write {}", path.display()))?;
+        tmp.persist(path).with_context(|| format!("--save-head: cannot move the file to {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// What fitting produced, for the logs.
+pub struct Fitted {
+    pub head: Head,
+    pub chosen_weight_decay: f64,
+    pub grid: Vec<GridPoint>,
+    /// Epoch log of the final fit (gradient solvers; empty for L-BFGS).
+    pub epochs: Vec<EpochLog>,
+    pub best_epoch: usize,
+    /// Validation accuracy of the chosen setting, measured before any refit.
+    pub val_acc: f64,
+    /// Whether the final head was refit on train+val.
+    pub refit: bool,
+    pub fit_s: f64,
+}
+
+/// Moves features to the device when they fit; otherwise keeps them on the CPU and the
+/// gradient solvers move mini-batches (L-BFGS, which needs all rows at once, then runs on the CPU).
+fn place(x: &Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu {
+        return x.shallow_clone();
+    }
+    match x.f_to_device(device) {
+        Ok(t) => t,
+        Err(_) => {
+            eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
+            x.shallow_clone()
+        }
+    }
+}
+
+/// Fits the head on `fit`, using `val` only to choose (regularisation, epoch).
+pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, device: Device) -> Result<Fitted> {
+    ensure!(fit.x.size()[0] > 0, "the training split is empty");
+    ensure!(val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
+    let start = Instant::now();
+    let c = classes as i64;
+    let (x_raw, y) = (place(&fit.x, device), place(&fit.y, device));
+    let (xv_raw, yv) = (place(&val.x, device), place(&val.y, device));
+
+    if !s.wd_search {
+        let scaler = Scaler::fit(&x_raw, s.normalize);
+        let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
+        let (w, b, epochs, best_epoch, val_acc, steps) = solve(&x, &y, Some((&xv, &yv)), c, s.weight_decay, s, device)?;
+        let grid = vec![GridPoint { stage: "fixed", weight_decay: s.weight_decay, val_acc, steps }];
+        return Ok(Fitted {
+            head: Head { w, b, scaler },
+            chosen_weight_decay: s.weight_decay,
+            grid,
+            epochs,
+            best_epoch,
+            val_acc,
+            refit: false,
+            fit_s: start.elapsed().as_secs_f64(),
+        });
+    }
+
+    // Search on (fit, val), with the fit part's scaling.
+    let scaler = Scaler::fit(&x_raw, s.normalize);
+    let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
+    let mut grid: Vec<GridPoint> = Vec::new();
+    let mut warm: Option<Tensor> = None;
+    let score = |wd: f64, stage: &'static str, grid: &mut Vec<GridPoint>, warm: &mut Option<Tensor>| -> Result<f64> {
+        let (val_acc, steps, theta) = match s.solver {
+            Solver::Lbfgs => {
+                let p = lbfgs::Problem::new(&x, &y, c, wd);
+                let sol = lbfgs::minimize(&p, warm.take().unwrap_or_else(|| p.zeros()), s.max_iter, 1e-5);
+                let (w, b) = p.unpack(&sol.theta);
+                let acc = metrics::accuracy(&(xv.mm(&w.tr()) + &b), &yv);
+                (acc, sol.iterations, Some(sol.theta))
+            }
+            _ => {
+                let t = train::train(&x, &y, Some((&xv, &yv)), c, wd, s, device)?;
+                (t.val_acc, t.best_epoch, None)
+            }
+        };
+        *warm = theta;
+        grid.push(GridPoint { stage, weight_decay: wd, val_acc, steps });
+        Ok(val_acc)
+    };
+    // Coarse: decades from strong to weak regularisation (warm starts follow the path).
+    for k in (-6..=-1).rev() {
+        score(10f64.powi(k), "coarse", &mut grid, &mut warm)?;
+    }
+    let best_coarse = best_point(&grid);
+    // Fine: half a decade either side of the best coarse value.
+    for f in [0.5, -0.5] {
+        let wd = best_coarse * 10f64.powf(f);
+        warm = None;
+        score(wd, "fine", &mut grid, &mut warm)?;
+    }
+    let chosen = best_point(&grid);
+    let val_acc = grid.iter().filter(|g| g.weight_decay == chosen).map(|g| g.val_acc).fold(f64::MIN, f64::max);
+
+    // Refit on train+val with the chosen strength; scaling from all of train.
+    let all_x = Tensor::cat(&[&x_raw, &xv_raw], 0);
+    let all_y = Tensor::cat(&[&y, &yv], 0);
+    let scaler = Scaler::fit(&all_x, s.normalize);
+    let ax = scaler.apply(&all_x);
+    let mut refit_settings = s.clone();
+    if s.solver != Solver::Lbfgs {
+        // The epoch count that won on validation for the chosen strength.
+        refit_settings.epochs =
+            grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
+    }
+    let (w, b, epochs, best_epoch, _, _) = solve(&ax, &all_y, None, c, chosen, &refit_settings, device)?;
+    Ok(Fitted {
+        head: Head { w, b, scaler },
+        chosen_weight_decay: chosen,
+        grid,
+        epochs,
+        best_epoch,
+        val_acc,
+        refit: true,
+        fit_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Highest validation accuracy; ties go to the stronger regularisation.
+fn best_point(grid: &[GridPoint]) -> f64 {
+    let mut best = &grid[0];
+    for g in grid {
+        if g.val_acc > best.val_acc || (g.val_acc == best.val_acc && g.weight_decay > best.weight_decay) {
+            best = g;
+        }
+    }
+    best.weight_decay
+}
+
+type Solved = (Tensor, Tensor, Vec<EpochLog>, usize, f64, usize);
+
+/// One fit at a fixed strength, with the configured solver.
+fn solve(
+    x: &Tensor,
+    y: &Tensor,
+    val: Option<(&Tensor, &Tensor)>,
+    classes: i64,
+    wd: f64,
+    s: &ProbeSettings,
+    device: Device,
+) -> Result<Solved> {
+    match s.solver {
+        Solver::Lbfgs => {
+            let p = lbfgs::Problem::new(x, y, classes, wd);
+            let sol = lbfgs::minimize(&p, p.zeros(), s.max_iter, 1e-5);
+            let (w, b) = p.unpack(&sol.theta);
+            let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);
+            Ok((w, b, Vec::new(), 0, val_acc, sol.iterations))
+        }
+        _ => {
+            let t = train::train(x, y, val, classes, wd, s, device)?;
+            let (w, b) = (t.w.to_device(device), t.b.to_device(device));
+            Ok((w, b, t.epochs, t.best_epoch, t.val_acc, t.best_epoch))
+        }
+    }
+}
