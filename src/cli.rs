@@ -57,6 +57,9 @@ pub struct DataArgs {
     /// CIFAR-100 label set.
     #[arg(long, value_enum, default_value_t = LabelSet::Fine)]
     pub labels: LabelSet,
+    /// Use only the first N train and first N test images (benchmarks, smoke runs).
+    #[arg(long, value_parser = positive_usize)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -305,6 +308,7 @@ impl DataArgs {
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
             mirror: self.mirror.clone(),
             archive_md5: self.archive_md5.clone(),
+            limit: self.limit,
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct DataConfig {
     pub data_dir: PathBuf,
     pub mirror: Option<String>,
     pub archive_md5: Option<String>,
+    /// Keep only the first N images of each split.
+    pub limit: Option<usize>,
 }
 
 impl DataConfig {

@@ -17,15 +17,6 @@ pub enum Checksum {
     Sha256Prefix(String),
 }
 
-impl Checksum {
-    fn describe(&self) -> String {
-        match self {
-            Checksum::Md5(h) => format!("md5 {h}"),
-            Checksum::Sha256Prefix(h) => format!("sha256 {h}…"),
-        }
-    }
-}
-
 /// Streams `url` (http://, https:// or file://) to `dest` and verifies `sum`.
 pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -63,8 +54,10 @@ pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
         }
     };
     if let Err(got) = ok {
-        let kind = if matches!(sum, Checksum::Md5(_)) { "md5" } else { "sha256" };
-        bail!("download of {url} has {kind} {got}, expected {}", sum.describe());
+        match sum {
+            Checksum::Md5(want) => bail!("download of {url} has md5 {got}, expected {want}"),
+            Checksum::Sha256Prefix(want) => bail!("download of {url} has sha256 {got}, expected one starting {want}"),
+        }
     }
     tmp.as_file().sync_all()?;
     tmp.persist(dest)

@@ -74,6 +74,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
 
     let mut p = Row::default();
     p.set("dataset", cfg.data.dataset_name())
+        .set("limit", cfg.data.limit.map(|n| n.to_string()).unwrap_or_default())
         .set("labels", cfg.data.labels_name())
         .set("arch", cfg.model.arch.name())
         .set("stem", cfg.model.stem.name())
@@ -118,6 +119,7 @@ pub fn probe_and_report(
         fitted.head.save(path)?;
     }
     report::write_epochs(run_dir, &fitted.epochs)?;
+    report::write_indices(&run_dir.join("val_indices.csv"), &parts.val)?;
     report::write_grid(run_dir, &fitted.grid, fitted.chosen_weight_decay)?;
     report::write_per_class(run_dir, &set.class_names, &m)?;
 
@@ -201,7 +203,15 @@ fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
             cfg.data.archive_md5.as_deref(),
         )?,
     };
-    cifar::load(&dir, which)
+    let mut dataset = cifar::load(&dir, which)?;
+    if let Some(n) = cfg.data.limit {
+        for split in [&mut dataset.train, &mut dataset.test] {
+            let n = (n as i64).min(split.labels.size()[0]);
+            split.images = split.images.narrow(0, 0, n);
+            split.labels = split.labels.narrow(0, 0, n);
+        }
+    }
+    Ok(dataset)
 }
 
 fn select(f: &Features, idx: &[i64]) -> Features {

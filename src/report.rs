@@ -52,6 +52,17 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, |w| Ok(writeln!(w, "{json}")?))
 }
 
+/// The train-set row indices held out for validation (so other tools can use the same split).
+pub fn write_indices(path: &Path, idx: &[i64]) -> Result<()> {
+    write_atomic(path, |w| {
+        writeln!(w, "index")?;
+        for i in idx {
+            writeln!(w, "{i}")?;
+        }
+        Ok(())
+    })
+}
+
 /// wd_search.csv: every evaluated L2 strength and its validation accuracy.
 pub fn write_grid(dir: &Path, grid: &[GridPoint], chosen: f64) -> Result<()> {
     write_atomic(&dir.join("wd_search.csv"), |w| {

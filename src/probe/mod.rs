@@ -213,7 +213,7 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
         let (val_acc, steps, theta) = match s.solver {
             Solver::Lbfgs => {
                 let p = lbfgs::Problem::new(&x, &y, c, wd);
-                let sol = lbfgs::minimize(&p, warm.take().unwrap_or_else(|| p.zeros()), s.max_iter, 1e-5);
+                let sol = lbfgs::minimize(&p, warm.take().unwrap_or_else(|| p.zeros()), s.max_iter, LBFGS_TOL);
                 let (w, b) = p.unpack(&sol.theta);
                 let acc = metrics::accuracy(&(xv.mm(&w.tr()) + &b), &yv);
                 (acc, sol.iterations, Some(sol.theta))
@@ -265,6 +265,10 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
     })
 }
 
+/// L-BFGS stops when the gradient's max-norm (mean-loss units) is below this: scikit-learn's
+/// default `tol` for its lbfgs solver.
+const LBFGS_TOL: f64 = 1e-4;
+
 /// Highest validation accuracy; ties go to the stronger regularisation.
 fn best_point(grid: &[GridPoint]) -> f64 {
     let mut best = &grid[0];
@@ -291,7 +295,7 @@ fn solve(
     match s.solver {
         Solver::Lbfgs => {
             let p = lbfgs::Problem::new(x, y, classes, wd);
-            let sol = lbfgs::minimize(&p, p.zeros(), s.max_iter, 1e-5);
+            let sol = lbfgs::minimize(&p, p.zeros(), s.max_iter, LBFGS_TOL);
             let (w, b) = p.unpack(&sol.theta);
             let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);
             Ok((w, b, Vec::new(), 0, val_acc, sol.iterations))
