@@ -3,7 +3,7 @@
 //! Flags come in groups (data, model, probe, output) shared by the subcommands.
 use crate::config::{BnSetting, DataConfig, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::export::FeatureFormat;
-use crate::features::{FeatureSpec, Pool};
+use crate::features::{BatchSize, FeatureSpec, Pool, Precision};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, ModelConfig, Stem};
 use crate::probe::{Normalize, ProbeSettings, Schedule, Solver};
@@ -34,6 +34,8 @@ pub enum Command {
     Compare(Box<CompareArgs>),
     /// List the architectures, their stages and default features.
     Models,
+    /// What this binary sees: versions, threads, CUDA devices.
+    Info,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,9 +113,13 @@ pub struct ModelArgs {
     pub seed: u64,
     #[command(flatten)]
     pub compute: ComputeArgs,
-    /// Images per extraction batch.
-    #[arg(long, default_value_t = 256, value_parser = positive_usize)]
-    pub batch_size: usize,
+    /// Images per extraction batch, or auto (CUDA: start at 2048, halve on out-of-memory).
+    #[arg(long, default_value = "256", value_parser = parse_batch)]
+    pub batch_size: BatchSize,
+    /// Compute precision of the frozen network (features are stored as float32).
+    /// fp16 needs CUDA; bf16 also runs on the CPU.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -329,6 +335,7 @@ pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &Ou
         device: m.compute.device.clone(),
         threads: m.compute.threads(),
         batch_size: m.batch_size,
+        precision: m.precision,
         val_fraction: probe.val_fraction,
         probe: probe.settings(m.seed),
         save_head: probe.save_head.clone(),
@@ -349,6 +356,10 @@ fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("."));
     cache.join("cnnprobe").join("data")
+}
+
+fn parse_batch(s: &str) -> Result<BatchSize, String> {
+    s.parse()
 }
 
 fn parse_weights(s: &str) -> Result<WeightsSource, String> {

@@ -17,6 +17,7 @@ pub fn extract_config(args: &ExtractArgs) -> Result<RunConfig> {
 
 pub fn extract(cfg: &RunConfig, dir: &Path, format: FeatureFormat) -> Result<()> {
     let device = pipeline::setup_compute(&cfg.device, cfg.threads)?;
+    pipeline::check_precision(cfg, device)?;
     let set = pipeline::extract_features(cfg, device)?;
     export::write(dir, &set, format)?;
     eprintln!("features → {} ({format:?})", dir.display());

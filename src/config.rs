@@ -1,6 +1,6 @@
 //! One validated description of a run. It is built from the flags before any work starts,
 //! written beside every result (config.json) and flattened into the summary row.
-use crate::features::FeatureSpec;
+use crate::features::{BatchSize, FeatureSpec, Precision};
 use crate::models::ModelConfig;
 use crate::probe::ProbeSettings;
 use clap::ValueEnum;
@@ -154,7 +154,8 @@ pub struct RunConfig {
     pub features: FeatureSpec,
     pub device: String,
     pub threads: usize,
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
+    pub precision: Precision,
     pub val_fraction: f64,
     pub probe: ProbeSettings,
     pub save_head: Option<PathBuf>,

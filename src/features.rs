@@ -117,7 +117,7 @@ pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Te
 pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
     let taps = resolve(net, spec)?;
     tch::no_grad(|| {
-        let x = Tensor::zeros([1, 3, input, input], (Kind::Float, net.device()));
+        let x = Tensor::zeros([1, 3, input, input], (net.kind(), net.device()));
         let stages = net.body.forward_stages(&x, BnMode::Eval, net.body.stage_names().len() - 1);
         for t in &taps {
             if let Tap::Stage(i) = t {
@@ -141,6 +141,98 @@ pub struct Preprocess {
     pub stats: ChannelStats,
     /// Square input size; images of another size are resized (bilinear) on the device.
     pub input_size: i64,
+    /// Compute precision of the network (features are always stored as float32).
+    pub precision: Precision,
+}
+
+/// `--precision`: the dtype the frozen network computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::Fp32 => Kind::Float,
+            Precision::Fp16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// `--batch-size N|auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum BatchSize {
+    /// Start large on CUDA and halve on out-of-memory; 256 on the CPU.
+    Auto,
+    Fixed(usize),
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BatchSize::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(BatchSize::Fixed(n)),
+                _ => Err(format!("'{s}' is not a positive whole number or auto")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            BatchSize::Auto => write!(f, "auto"),
+            BatchSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl BatchSize {
+    /// The size to start with on `device`.
+    pub fn initial(self, device: Device) -> usize {
+        match (self, device) {
+            (BatchSize::Fixed(n), _) => n,
+            (BatchSize::Auto, Device::Cuda(_)) => 2048,
+            (BatchSize::Auto, _) => 256,
+        }
+    }
+}
+
+/// Runs `attempt(size)`, halving `size` while it fails for lack of memory. Returns the
+/// result and the size that worked; any other failure is returned as it is.
+pub fn with_backoff<T>(mut size: usize, mut attempt: impl FnMut(usize) -> Result<T, String>) -> Result<(T, usize)> {
+    loop {
+        match attempt(size) {
+            Ok(v) => return Ok((v, size)),
+            Err(msg) if msg.contains("out of memory") && size > 1 => {
+                size /= 2;
+                eprintln!("out of memory: batch size down to {size}");
+            }
+            Err(msg) => bail!("extraction failed at batch size {size}: {msg}"),
+        }
+    }
+}
+
+/// Runs `f`, turning a libtorch panic (e.g. CUDA out of memory) into an Err with its
+/// message, without printing the panic.
+fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
 }
 
 /// Normalises (and resizes) a uint8 batch on the device: x/255 normalised = x·scale + shift.
@@ -149,6 +241,7 @@ struct Normalizer {
     shift: Tensor,
     device: Device,
     size: i64,
+    kind: Kind,
 }
 
 impl Normalizer {
@@ -161,24 +254,34 @@ impl Normalizer {
             shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),
             device,
             size: pre.input_size,
+            kind: pre.precision.kind(),
         }
     }
 
     fn apply(&self, images: &Tensor) -> Tensor {
-        let mut x = images.to_device(self.device).to_kind(Kind::Float);
+        // On CUDA: uint8 (4× smaller than float) crosses the bus from pinned memory,
+        // asynchronously; conversion happens on the GPU.
+        let mut x = match self.device {
+            Device::Cuda(_) => images.pin_memory(self.device).to_device_(self.device, Kind::Uint8, true, false),
+            _ => images.shallow_clone(),
+        }
+        .to_kind(Kind::Float);
         x *= &self.scale;
         x += &self.shift;
         let (h, w) = (x.size()[2], x.size()[3]);
-        if (h, w) == (self.size, self.size) {
-            return x;
+        if (h, w) != (self.size, self.size) {
+            let out = [self.size, self.size];
+            x = if self.size < h.min(w) {
+                // Shrinking needs antialiasing, as torchvision's Resize does on tensors.
+                Tensor::internal_upsample_bilinear2d_aa(&x, out, false, None, None)
+            } else {
+                x.upsample_bilinear2d(out, false, None, None)
+            };
         }
-        let out = [self.size, self.size];
-        if self.size < h.min(w) {
-            // Shrinking needs antialiasing, as torchvision's Resize does on tensors.
-            Tensor::internal_upsample_bilinear2d_aa(&x, out, false, None, None)
-        } else {
-            x.upsample_bilinear2d(out, false, None, None)
+        if self.kind != Kind::Float {
+            x = x.to_kind(self.kind);
         }
+        x
     }
 }
 
@@ -222,13 +325,14 @@ pub struct Features {
     pub y: Tensor,
 }
 
-/// Extracts features of `split` in batches of `batch_size`. Returns them with the seconds spent.
+/// Extracts features of `split` in batches (halving the batch on out-of-memory with
+/// `BatchSize::Auto`). Returns them with the seconds spent.
 pub fn extract(
     net: &Network,
     spec: &FeatureSpec,
     pre: Preprocess,
     split: &Split,
-    batch_size: usize,
+    batch_size: BatchSize,
     what: &str,
 ) -> Result<(Features, f64)> {
     let taps = resolve(net, spec)?;
@@ -238,17 +342,26 @@ pub fn extract(
     let norm = Normalizer::new(pre, net.device());
     let bar = progress::images(n as u64, what);
     let start = Instant::now();
-    tch::no_grad(|| {
+    let mut size = batch_size.initial(net.device());
+    tch::no_grad(|| -> Result<()> {
         let mut i = 0;
         while i < n {
-            let len = (batch_size as i64).min(n - i);
-            let x = norm.apply(&split.images.narrow(0, i, len));
-            let f = forward(net, &x, spec, &taps, BnMode::Eval);
+            let (f, used) = with_backoff(size.min((n - i) as usize), |len| {
+                let batch = split.images.narrow(0, i, len as i64);
+                match batch_size {
+                    BatchSize::Fixed(_) => Ok(forward(net, &norm.apply(&batch), spec, &taps, BnMode::Eval)),
+                    BatchSize::Auto => catch_torch(|| forward(net, &norm.apply(&batch), spec, &taps, BnMode::Eval)),
+                }
+            })?;
+            size = size.min(used.max(1));
+            let len = used as i64;
+            // copy_ converts bf16/fp16 features to the float32 matrix.
             out.narrow(0, i, len).copy_(&f);
             i += len;
             bar.inc(len as u64);
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))

@@ -21,6 +21,10 @@ fn main() -> ExitCode {
             let args = *args;
             cnnprobe::compare::run(args.run, &args.seeds, args.table).map(|_| ())
         }
+        Command::Info => {
+            cnnprobe::report::print_info();
+            Ok(())
+        }
         Command::Models => {
             cnnprobe::report::print_models();
             Ok(())

@@ -4,7 +4,7 @@
 use crate::config::{BnSetting, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::data::cifar::{self, Cifar};
 use crate::data::{download, normalize, split, Dataset};
-use crate::features::{self, Features, Preprocess};
+use crate::features::{self, Features, Precision, Preprocess};
 use crate::models::{pretrained, Network};
 use crate::probe::{self, metrics, ProbeSettings};
 use crate::report::{self, frac, Row};
@@ -32,6 +32,7 @@ pub struct Outcome {
 
 pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let device = setup_compute(&cfg.device, cfg.threads)?;
+    check_precision(cfg, device)?;
     let set = extract_features(cfg, device)?;
     let run_dir = report::create_run_dir(cfg.out.as_deref(), &cfg.short_name())?;
     report::write_json(&run_dir.join("config.json"), cfg)?;
@@ -40,7 +41,20 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
 
 pub fn setup_compute(spec: &str, threads: usize) -> Result<Device> {
     tch::set_num_threads(threads as i32);
-    device::resolve(spec)
+    let device = device::resolve(spec)?;
+    if device.is_cuda() {
+        // Fixed input shapes: let cuDNN pick the fastest kernels once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(device)
+}
+
+/// fp16 convolutions are a CUDA feature; say so before any work.
+pub fn check_precision(cfg: &RunConfig, device: Device) -> Result<()> {
+    if cfg.precision == Precision::Fp16 && !device.is_cuda() {
+        anyhow::bail!("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU");
+    }
+    Ok(())
 }
 
 /// Data → network → features for both splits.
@@ -59,11 +73,14 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     );
     let pre = preprocess(cfg);
     if let BnSetting::Calibrate(n) = cfg.bn {
-        features::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, pre, cfg.batch_size)?;
+        // Calibration runs in float32 with a fixed batch, before any folding or casting.
+        let calib = Preprocess { precision: Precision::Fp32, ..pre };
+        features::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, calib, 256)?;
     }
     if cfg.fold_bn {
         net.fold_batchnorm();
     }
+    net.set_precision(cfg.precision.kind());
     let spec = &cfg.features;
     let (train, train_s) = features::extract(&net, spec, pre, &dataset.train, cfg.batch_size, "train")?;
     let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
@@ -92,6 +109,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         .set("device", device::name(device))
         .set("threads", cfg.threads)
         .set("batch_size", cfg.batch_size)
+        .set("precision", format!("{:?}", cfg.precision).to_lowercase())
         .set("feature_dim", feature_dim)
         .set("extract_s", format!("{extract_s:.1}"))
         .set("images_per_s", format!("{images_per_s:.1}"));
@@ -130,7 +148,7 @@ pub fn probe_and_report(
         .set("normalize", format!("{:?}", s.normalize).to_lowercase())
         .set("wd_search", s.wd_search)
         .set("weight_decay", s.weight_decay)
-        .set("chosen_weight_decay", format!("{:e}", fitted.chosen_weight_decay))
+        .set("chosen_weight_decay", format!("{:.4e}", fitted.chosen_weight_decay))
         .set("epochs", s.epochs)
         .set("lr", s.lr)
         .set("schedule", format!("{:?}", s.schedule).to_lowercase())
@@ -153,7 +171,7 @@ pub fn probe_and_report(
     row.write_single(&run_dir.join("result.csv"))?;
     row.append_to(summary)?;
     eprintln!(
-        "probe: val_acc {:.4} (weight decay {:e}); test top1 {:.4} top5 {:.4} → {}",
+        "probe: val_acc {:.4} (weight decay {:.3e}); test top1 {:.4} top5 {:.4} → {}",
         fitted.val_acc,
         fitted.chosen_weight_decay,
         m.top1,
@@ -185,7 +203,7 @@ pub fn preprocess(cfg: &RunConfig) -> Preprocess {
         (InputNorm::Dataset, DatasetName::Cifar10) => normalize::CIFAR10,
         (InputNorm::Dataset, DatasetName::Cifar100) => normalize::CIFAR100,
     };
-    Preprocess { stats, input_size: cfg.input_size }
+    Preprocess { stats, input_size: cfg.input_size, precision: cfg.precision }
 }
 
 fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {

@@ -71,7 +71,7 @@ pub fn write_grid(dir: &Path, grid: &[GridPoint], chosen: f64) -> Result<()> {
         for g in grid {
             c.write_record([
                 g.stage.to_string(),
-                format!("{:e}", g.weight_decay),
+                format!("{:.4e}", g.weight_decay),
                 format!("{:.4}", g.val_acc),
                 g.steps.to_string(),
                 (g.weight_decay == chosen).to_string(),
@@ -182,4 +182,20 @@ pub fn print_models() {
     println!("(pooled with --pool avg|max|avgmax over --pool-size K×K cells, then concatenated) or fc2 (VGG).");
     println!("Init (--init): torchvision (default; the family's torchvision formulas), pytorch-default,");
     println!("kaiming-normal, xavier-uniform, orthogonal, normal:STD, uniform:A. Drawn on the CPU from --seed.");
+}
+
+/// `cnnprobe info`.
+pub fn print_info() {
+    println!("cnnprobe: {}", crate::VERSION);
+    println!("libtorch: {LIBTORCH_VERSION}");
+    println!("threads: {}", tch::get_num_threads());
+    if tch::Cuda::is_available() {
+        println!(
+            "cuda: available, {} device(s), cudnn: {}",
+            tch::Cuda::device_count(),
+            tch::Cuda::cudnn_is_available()
+        );
+    } else {
+        println!("cuda: not available");
+    }
 }

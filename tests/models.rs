@@ -2,13 +2,13 @@
 //! BN calibration, feature taps and pooling.
 use cnnprobe::data::normalize;
 use cnnprobe::data::Split;
-use cnnprobe::features::{self, FeatureSpec, Pool, Preprocess};
+use cnnprobe::features::{self, BatchSize, FeatureSpec, Pool, Precision, Preprocess};
 use cnnprobe::models::init::{expected_std, InitScheme};
 use cnnprobe::models::layers::LayerKind;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use tch::{Device, Kind, Tensor};
 
-const PRE: Preprocess = Preprocess { stats: normalize::CIFAR10, input_size: 32 };
+const PRE: Preprocess = Preprocess { stats: normalize::CIFAR10, input_size: 32, precision: Precision::Fp32 };
 
 fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
     ModelConfig { arch, stem, init, zero_init_residual: false, seed }
@@ -76,7 +76,7 @@ fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
 }
 
 fn feats(net: &Network, s: &FeatureSpec, data: &Split) -> Tensor {
-    features::extract(net, s, PRE, data, 16, "test").unwrap().0.x
+    features::extract(net, s, PRE, data, BatchSize::Fixed(16), "test").unwrap().0.x
 }
 
 #[test]

@@ -164,6 +164,13 @@ impl ConvBn {
         });
     }
 
+    /// Casts the folded weights (the VarStore casts the rest).
+    pub fn cast(&mut self, kind: tch::Kind) {
+        if let Some((w, b)) = &self.folded {
+            self.folded = Some((w.to_kind(kind), b.to_kind(kind)));
+        }
+    }
+
     pub fn unfold(&mut self) {
         self.folded = None;
     }

@@ -237,6 +237,24 @@ impl Network {
         self.vs.set_device(device);
     }
 
+    /// Casts the frozen network to `kind` (after folding, so folding is done in float32).
+    pub fn set_precision(&mut self, kind: tch::Kind) {
+        if kind == tch::Kind::Float {
+            return;
+        }
+        match kind {
+            tch::Kind::Half => self.vs.half(),
+            _ => self.vs.bfloat16(),
+        }
+        self.body.units_mut().into_iter().for_each(|u| u.cast(kind));
+    }
+
+    /// The dtype the network computes in.
+    pub fn kind(&self) -> tch::Kind {
+        let floats = [tch::Kind::Float, tch::Kind::Half, tch::Kind::BFloat16];
+        self.vs.variables().values().map(|t| t.kind()).find(|k| floats.contains(k)).unwrap_or(tch::Kind::Float)
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }
