@@ -208,6 +208,13 @@ impl ProbeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {
+    /// Feature cache: reuse features extracted before with the same settings
+    /// [default: $CNNPROBE_CACHE_DIR or ~/.cache/cnnprobe/features].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Extract afresh and store nothing in the cache.
+    #[arg(long)]
+    pub no_cache: bool,
     /// Run directory [default: results/runs/<timestamp>-<dataset>-<arch>-<stem>-s<seed>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -339,6 +346,7 @@ pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &Ou
         val_fraction: probe.val_fraction,
         probe: probe.settings(m.seed),
         save_head: probe.save_head.clone(),
+        cache_dir: (!output.no_cache).then(|| output.cache_dir.clone().unwrap_or_else(crate::cache::default_dir)),
         out: output.out.clone(),
         summary: output.summary.clone(),
     })

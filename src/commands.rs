@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// The run config of an extraction (probe settings at their defaults, unused).
 pub fn extract_config(args: &ExtractArgs) -> Result<RunConfig> {
     let probe = ProbeArgs::defaults();
-    let output = OutputArgs { out: None, summary: PathBuf::from("results/summary.csv") };
+    let output =
+        OutputArgs { out: None, summary: PathBuf::from("results/summary.csv"), cache_dir: None, no_cache: true };
     run_config(&args.data, &args.model, &probe, &output)
 }
 

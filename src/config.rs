@@ -159,6 +159,8 @@ pub struct RunConfig {
     pub val_fraction: f64,
     pub probe: ProbeSettings,
     pub save_head: Option<PathBuf>,
+    /// Feature cache directory; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
     /// Run directory; `None` means results/runs/<timestamp>-<short name>.
     pub out: Option<PathBuf>,
     pub summary: PathBuf,

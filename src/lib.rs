@@ -6,6 +6,7 @@
 //! (logistic-regression head) → `report` (run directory, CSV logs, summary).
 //! `config` holds the validated description of a run; `pipeline` runs the stages in order.
 
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod compare;

@@ -33,7 +33,10 @@ pub struct Outcome {
 pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let device = setup_compute(&cfg.device, cfg.threads)?;
     check_precision(cfg, device)?;
-    let set = extract_features(cfg, device)?;
+    let set = match &cfg.cache_dir {
+        Some(dir) => crate::cache::features(cfg, device, dir)?,
+        None => extract_features(cfg, device)?,
+    };
     let run_dir = report::create_run_dir(cfg.out.as_deref(), &cfg.short_name())?;
     report::write_json(&run_dir.join("config.json"), cfg)?;
     probe_and_report(&set, &cfg.probe, cfg.val_fraction, cfg.save_head.as_deref(), device, &run_dir, &cfg.summary)
@@ -206,22 +209,30 @@ pub fn preprocess(cfg: &RunConfig) -> Preprocess {
     Preprocess { stats, input_size: cfg.input_size, precision: cfg.precision }
 }
 
-fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
-    let which = match (cfg.data.dataset, cfg.data.labels) {
+fn which(cfg: &RunConfig) -> Cifar {
+    match (cfg.data.dataset, cfg.data.labels) {
         (DatasetName::Cifar10, _) => Cifar::Ten,
         (DatasetName::Cifar100, LabelSet::Fine) => Cifar::HundredFine,
         (DatasetName::Cifar100, LabelSet::Coarse) => Cifar::HundredCoarse,
-    };
-    let dir = match &cfg.data.data {
-        Some(d) => cifar::locate(d, which).context("--data")?,
+    }
+}
+
+/// The folder holding the dataset's files (downloaded first when needed).
+pub fn dataset_dir(cfg: &RunConfig) -> Result<PathBuf> {
+    match &cfg.data.data {
+        Some(d) => cifar::locate(d, which(cfg)).context("--data"),
         None => download::ensure_cifar(
             &cfg.data.data_dir,
-            which,
+            which(cfg),
             cfg.data.mirror.as_deref(),
             cfg.data.archive_md5.as_deref(),
-        )?,
-    };
-    let mut dataset = cifar::load(&dir, which)?;
+        ),
+    }
+}
+
+fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
+    let dir = dataset_dir(cfg)?;
+    let mut dataset = cifar::load(&dir, which(cfg))?;
     if let Some(n) = cfg.data.limit {
         for split in [&mut dataset.train, &mut dataset.test] {
             let n = (n as i64).min(split.labels.size()[0]);

@@ -23,7 +23,14 @@ fn place_checkpoint(torch_home: &Path, arch: Arch, seed: u64) {
 }
 
 fn run_in(cwd: &Path, torch_home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).args(QUICK).env("TORCH_HOME", torch_home).current_dir(cwd).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .args(QUICK)
+        .env("TORCH_HOME", torch_home)
+        .env("CNNPROBE_CACHE_DIR", cwd.join(".cache"))
+        .current_dir(cwd)
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -56,7 +56,12 @@ pub fn write_cifar10(dir: &Path, per_file: usize, test: usize) -> PathBuf {
 
 /// Runs the binary in `cwd` with `args`.
 pub fn cnnprobe(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).current_dir(cwd).output().expect("cnnprobe runs")
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env("CNNPROBE_CACHE_DIR", cwd.join(".cache"))
+        .output()
+        .expect("cnnprobe runs")
 }
 
 pub fn stderr(o: &Output) -> String {
