@@ -32,6 +32,8 @@ pub enum Command {
     Fit(Box<FitArgs>),
     /// Random weights over several seeds vs torchvision's ImageNet weights, side by side.
     Compare(Box<CompareArgs>),
+    /// Run a grid of configurations, resumable, with a per-configuration aggregate.
+    Sweep(Box<SweepArgs>),
     /// List the architectures, their stages and default features.
     Models,
     /// What this binary sees: versions, threads, CUDA devices.
@@ -243,6 +245,37 @@ pub struct CompareArgs {
     /// Where the comparison table goes [default: results/compare/<dataset>-<arch>.csv].
     #[arg(long)]
     pub table: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Architectures to sweep [default: --arch].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub archs: Vec<Arch>,
+    /// Init schemes to sweep [default: --init].
+    #[arg(long, value_delimiter = ',', value_parser = parse_init)]
+    pub inits: Vec<InitScheme>,
+    /// Seeds: 0,1,2 or 0..3 (end excluded) or 0..=2.
+    #[arg(long, default_value = "0..3", value_parser = crate::compare::parse_seeds)]
+    pub seeds: std::vec::Vec<u64>,
+    /// Weight sources to sweep (random, imagenet, paths) [default: --weights].
+    #[arg(long, value_delimiter = ',', value_parser = parse_weights)]
+    pub weight_sources: Vec<WeightsSource>,
+    /// Pool sizes to sweep [default: --pool-size].
+    #[arg(long, value_delimiter = ',', value_parser = positive_usize)]
+    pub pool_sizes: Vec<usize>,
+    /// BN settings to sweep, e.g. eval,calibrate:1000 [default: --bn].
+    #[arg(long, value_delimiter = ',', value_parser = parse_bn)]
+    pub bns: Vec<BnSetting>,
+    /// A JSON grid {"arch": [...], "init": [...], "seed": [...], "weights": [...],
+    /// "pool_size": [...], "bn": [...]}; its keys replace the matching flags.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+    /// One row per finished configuration; re-running skips the rows already there.
+    #[arg(long, default_value = "results/sweep.csv")]
+    pub sweep_csv: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -46,6 +46,9 @@ pub fn append_csv_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> 
         .with_context(|| format!("cannot open lock file {}", lock_path.display()))?;
     lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
 
+    if path.exists() {
+        repair_last_line(path)?;
+    }
     let existing = read_header(path)?;
     match existing {
         Some(old) if old != header => merge_columns(path, &old, header, rows),
@@ -63,6 +66,20 @@ pub fn append_csv_rows(path: &Path, header: &[String], rows: &[Vec<String>]) -> 
             write_atomic(path, |w| Ok(w.write_all(&bytes)?))
         }
     }
+}
+
+/// A process killed in the middle of an append can leave a partial last line; cut it off
+/// (we hold the lock, so no writer is mid-line now).
+fn repair_last_line(path: &Path) -> Result<()> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    eprintln!("warning: {} ended in a partial row; removing it", path.display());
+    let f = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    f.set_len(keep as u64).with_context(|| format!("cannot repair {}", path.display()))?;
+    Ok(())
 }
 
 fn merge_columns(path: &Path, old: &[String], new: &[String], rows: &[Vec<String>]) -> Result<()> {

@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod progress;
 pub mod report;
+pub mod sweep;
 
 /// The cnnprobe version recorded beside every result.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

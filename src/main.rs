@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             cnnprobe::report::print_info();
             Ok(())
         }
+        Command::Sweep(args) => cnnprobe::sweep::run(&args),
         Command::Models => {
             cnnprobe::report::print_models();
             Ok(())
