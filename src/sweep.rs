@@ -244,13 +244,23 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, sd)
 }
 
+/// The results of one configuration over its seeds.
+#[derive(Default)]
+struct Seeds {
+    seeds: Vec<u64>,
+    top1: Vec<f64>,
+    top5: Vec<f64>,
+    val: Vec<f64>,
+    status: String,
+}
+
 /// Mean ± sd and n over seeds of each configuration (rows with status ok), plus one line
 /// for each configuration that could not run, with its status.
 pub fn write_aggregate(sweep: &Path, out: &Path) -> Result<()> {
     let mut rdr = csv::Reader::from_path(sweep).with_context(|| format!("cannot read {}", sweep.display()))?;
     let h = rdr.headers()?.clone();
     let col = |name: &str| h.iter().position(|c| c == name);
-    let mut groups: BTreeMap<Vec<String>, (Vec<u64>, Vec<f64>, Vec<f64>, Vec<f64>, String)> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<String>, Seeds> = BTreeMap::new();
     for rec in rdr.records() {
         let rec = rec?;
         let get = |name: &str| col(name).and_then(|i| rec.get(i)).unwrap_or("").to_string();
@@ -258,12 +268,12 @@ pub fn write_aggregate(sweep: &Path, out: &Path) -> Result<()> {
         let e = groups.entry(key).or_default();
         let status = get("status");
         if status == "ok" {
-            e.0.push(get("seed").parse().unwrap_or(0));
-            e.1.push(get("test_top1").parse().unwrap_or(f64::NAN));
-            e.2.push(get("test_top5").parse().unwrap_or(f64::NAN));
-            e.3.push(get("val_acc").parse().unwrap_or(f64::NAN));
-        } else if e.4.is_empty() {
-            e.4 = status;
+            e.seeds.push(get("seed").parse().unwrap_or(0));
+            e.top1.push(get("test_top1").parse().unwrap_or(f64::NAN));
+            e.top5.push(get("test_top5").parse().unwrap_or(f64::NAN));
+            e.val.push(get("val_acc").parse().unwrap_or(f64::NAN));
+        } else if e.status.is_empty() {
+            e.status = status;
         }
     }
     write_atomic(out, |w| {
@@ -283,7 +293,7 @@ pub fn write_aggregate(sweep: &Path, out: &Path) -> Result<()> {
             .map(String::from),
         );
         c.write_record(&header)?;
-        for (key, (seeds, t1, t5, va, status)) in &groups {
+        for (key, Seeds { seeds, top1: t1, top5: t5, val: va, status }) in &groups {
             let mut r = key.clone();
             if t1.is_empty() {
                 r.extend([
