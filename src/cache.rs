@@ -36,14 +36,26 @@ fn identity(path: &Path) -> String {
 
 /// The cache key of `cfg`'s features on `device`'s kind of hardware.
 pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
-    let files: Vec<String> = std::fs::read_dir(data_dir)
-        .with_context(|| format!("cannot list {}", data_dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-        .map(|p| identity(&p))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let files: Vec<String> = if cfg.data.dataset == crate::config::DatasetName::Folder {
+        // Every image's identity, hashed down to one line.
+        let mut all = Vec::new();
+        walk(data_dir, &mut all);
+        all.sort();
+        let mut h = Sha256::new();
+        for p in &all {
+            h.update(identity(p).as_bytes());
+        }
+        vec![format!("{} images {:x}", all.len(), h.finalize())]
+    } else {
+        std::fs::read_dir(data_dir)
+            .with_context(|| format!("cannot list {}", data_dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+            .map(|p| identity(&p))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
     let weights = match &cfg.weights {
         WeightsSource::File(p) => identity(p),
         w => w.to_string(),
@@ -54,6 +66,8 @@ pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
         "dataset": cfg.data.dataset_name(),
         "labels": cfg.data.labels_name(),
         "limit": cfg.data.limit,
+        "folder_size": cfg.data.folder_size,
+        "skip_bad_images": cfg.data.skip_bad_images,
         "model": cfg.model,
         "weights": weights,
         "input_size": cfg.input_size,
@@ -67,6 +81,19 @@ pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
     });
     let digest = Sha256::digest(material.to_string().as_bytes());
     Ok(digest.iter().take(10).map(|b| format!("{b:02x}")).collect())
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
 }
 
 /// Features of `cfg`: from the cache when an entry exists, else extracted and stored.

@@ -61,6 +61,9 @@ pub struct DataArgs {
     /// CIFAR-100 label set.
     #[arg(long, value_enum, default_value_t = LabelSet::Fine)]
     pub labels: LabelSet,
+    /// Folder datasets: skip unreadable images with a warning and a count.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     /// Use only the first N train and first N test images (benchmarks, smoke runs).
     #[arg(long, value_parser = positive_usize)]
     pub limit: Option<usize>,
@@ -100,6 +103,10 @@ pub struct ModelArgs {
     /// Fold BatchNorm into the preceding conv for extraction (same features, faster).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub fold_bn: bool,
+    /// Continue when features are NaN/Inf, all zero or identical for every image
+    /// (by default that is an error naming the stage where it first appears).
+    #[arg(long)]
+    pub allow_degenerate: bool,
     /// Stages to tap, comma-separated (e.g. layer2,layer3,layer4; VGG: block1…block5 or fc2)
     /// [default: the last stage].
     #[arg(long, visible_alias = "taps", value_delimiter = ',')]
@@ -355,6 +362,8 @@ impl DataArgs {
             mirror: self.mirror.clone(),
             archive_md5: self.archive_md5.clone(),
             limit: self.limit,
+            skip_bad_images: self.skip_bad_images,
+            folder_size: None,
         }
     }
 }
@@ -362,8 +371,13 @@ impl DataArgs {
 /// Everything `run` and `extract` share, validated.
 pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &OutputArgs) -> Result<RunConfig> {
     let (model, input_size, input_norm) = m.resolve()?;
+    if data.dataset == DatasetName::Folder && data.data.is_none() {
+        bail!("--dataset folder needs --data DIR (with train/<class>/ and test/<class>/ inside)");
+    }
+    let mut data_cfg = data.config();
+    data_cfg.folder_size = m.input_size;
     Ok(RunConfig {
-        data: data.config(),
+        data: data_cfg,
         model,
         weights: m.weights.clone(),
         weights_mirror: m.weights_mirror.clone(),
@@ -371,6 +385,7 @@ pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &Ou
         input_norm,
         bn: m.bn,
         fold_bn: m.fold_bn,
+        allow_degenerate: m.allow_degenerate,
         features: FeatureSpec { taps: m.features.clone(), pool: m.pool, pool_size: m.pool_size as i64 },
         device: m.compute.device.clone(),
         threads: m.compute.threads(),

@@ -14,6 +14,8 @@ use std::str::FromStr;
 pub enum DatasetName {
     Cifar10,
     Cifar100,
+    /// torchvision ImageFolder layout: DIR/train/<class>/*, DIR/test/<class>/* (JPEG/PNG).
+    Folder,
 }
 
 /// CIFAR-100 label set (ignored for CIFAR-10).
@@ -119,6 +121,10 @@ pub struct DataConfig {
     pub archive_md5: Option<String>,
     /// Keep only the first N images of each split.
     pub limit: Option<usize>,
+    /// Folder datasets: skip unreadable images with a warning.
+    pub skip_bad_images: bool,
+    /// Folder datasets: resize to this size at load time (when --input-size was given).
+    pub folder_size: Option<usize>,
 }
 
 impl DataConfig {
@@ -126,13 +132,14 @@ impl DataConfig {
         match self.dataset {
             DatasetName::Cifar10 => "cifar10",
             DatasetName::Cifar100 => "cifar100",
+            DatasetName::Folder => "folder",
         }
     }
 
     /// "fine"/"coarse" for CIFAR-100, empty for CIFAR-10.
     pub fn labels_name(&self) -> &'static str {
         match (self.dataset, self.labels) {
-            (DatasetName::Cifar10, _) => "",
+            (DatasetName::Cifar10 | DatasetName::Folder, _) => "",
             (_, LabelSet::Fine) => "fine",
             (_, LabelSet::Coarse) => "coarse",
         }
@@ -151,6 +158,8 @@ pub struct RunConfig {
     pub input_norm: InputNorm,
     pub bn: BnSetting,
     pub fold_bn: bool,
+    /// Continue with NaN/Inf, all-zero or constant features (warn instead of failing).
+    pub allow_degenerate: bool,
     pub features: FeatureSpec,
     pub device: String,
     pub threads: usize,

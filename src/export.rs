@@ -107,6 +107,7 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
             let labels = Vec::<i64>::try_from(&f.y)?;
             let mut start = 0;
             while start < n {
+                crate::interrupt::check()?;
                 let len = 1024.min(n - start);
                 let block = Vec::<f32>::try_from(f.x.narrow(0, start, len).contiguous().view([-1]))?;
                 for (r, row) in block.chunks(dim as usize).enumerate() {

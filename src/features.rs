@@ -64,7 +64,12 @@ fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<Tap>> {
             taps.push(Tap::Stage(i));
         } else {
             let extra = if net.arch.is_vgg() { ", fc2" } else { "" };
-            bail!("--features {t}: {} has no such stage; choose from {}{extra}", net.arch.name(), names.join(", "));
+            return Err(crate::UsageError(format!(
+                "--features {t}: {} has no such stage; choose from {}{extra}",
+                net.arch.name(),
+                names.join(", ")
+            ))
+            .into());
         }
     }
     Ok(taps)
@@ -123,12 +128,14 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
             if let Tap::Stage(i) = t {
                 let size = stages[*i].size();
                 let (h, w) = (size[2], size[3]);
-                ensure!(
-                    spec.pool_size <= h.min(w),
-                    "--pool-size {} is larger than the {h}×{w} map of {} at {input}×{input} input",
-                    spec.pool_size,
-                    net.body.stage_names()[*i]
-                );
+                if spec.pool_size > h.min(w) {
+                    return Err(crate::UsageError(format!(
+                        "--pool-size {} is larger than the {h}×{w} map of {} at {input}×{input} input",
+                        spec.pool_size,
+                        net.body.stage_names()[*i]
+                    ))
+                    .into());
+                }
             }
         }
         Ok(forward(net, &x, spec, &taps, BnMode::Eval).size()[1])
@@ -346,6 +353,7 @@ pub fn extract(
     tch::no_grad(|| -> Result<()> {
         let mut i = 0;
         while i < n {
+            crate::interrupt::check()?;
             let (f, used) = with_backoff(size.min((n - i) as usize), |len| {
                 let batch = split.images.narrow(0, i, len as i64);
                 match batch_size {
@@ -365,4 +373,43 @@ pub fn extract(
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))
+}
+
+/// Why a feature matrix is useless to a probe, if it is.
+fn degeneracy(x: &Tensor) -> Option<&'static str> {
+    if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+        return Some("NaN/Inf");
+    }
+    if x.abs().max().double_value(&[]) == 0.0 {
+        return Some("all zeros");
+    }
+    // Every sample the same vector: nothing to separate.
+    if x.size()[0] > 1 && (x - x.get(0)).abs().max().double_value(&[]) == 0.0 {
+        return Some("identical for every image");
+    }
+    None
+}
+
+/// Numerical health of extracted features (a random deep network can overflow or vanish).
+/// When they are degenerate, re-runs a few images stage by stage to name where the
+/// problem first appears; fails unless `allow` (then it only warns).
+pub fn check_health(net: &Network, pre: Preprocess, split: &Split, features: &Tensor, allow: bool) -> Result<()> {
+    let Some(what) = degeneracy(features) else { return Ok(()) };
+    let n = split.len().min(16) as i64;
+    let names = net.body.stage_names();
+    let first = tch::no_grad(|| {
+        let x = Normalizer::new(pre, net.device()).apply(&split.images.narrow(0, 0, n));
+        let stages = net.body.forward_stages(&x, BnMode::Eval, names.len() - 1);
+        stages
+            .iter()
+            .position(|s| degeneracy(&s.flatten(1, -1).to_kind(Kind::Float)).is_some())
+            .map(|i| names[i].clone())
+            .unwrap_or_else(|| "the pooling/classifier after the last stage".into())
+    });
+    let msg = format!("features of {} are degenerate ({what}), first at {first}", net.arch.name());
+    if allow {
+        eprintln!("warning: {msg}; continuing (--allow-degenerate)");
+        return Ok(());
+    }
+    bail!("{msg}: try another --init or --bn calibrate:N, or pass --allow-degenerate")
 }

@@ -31,6 +31,7 @@ pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
     let (mut md5, mut sha) = (Md5::new(), Sha256::new());
     let mut buf = vec![0u8; 1 << 16];
     loop {
+        crate::interrupt::check()?;
         let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off"))?;
         if n == 0 {
             break;

@@ -17,12 +17,26 @@ pub mod export;
 pub mod features;
 pub mod fetch;
 pub mod files;
+pub mod interrupt;
 pub mod models;
 pub mod pipeline;
 pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod sweep;
+
+/// An error in the flags that can only be seen once the network or data exist (e.g.
+/// `--pool-size` larger than the feature map): reported like a usage error, exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 /// The cnnprobe version recorded beside every result.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

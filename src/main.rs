@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cnnprobe::interrupt::install();
     let result = match cli.command {
         Command::Run(args) => match args.into_config() {
             Ok(cfg) => cnnprobe::pipeline::run(&cfg).map(|_| ()),
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.to_string() == cnnprobe::interrupt::INTERRUPTED => fail(&e, 130),
+        Err(e) if e.chain().any(|c| c.is::<cnnprobe::UsageError>()) => fail(&e, 2),
         Err(e) => fail(&e, 1),
     }
 }

@@ -3,7 +3,7 @@
 //! feature files.
 use crate::config::{BnSetting, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::data::cifar::{self, Cifar};
-use crate::data::{download, normalize, split, Dataset};
+use crate::data::{download, folder, normalize, split, Dataset};
 use crate::features::{self, Features, Precision, Preprocess};
 use crate::models::{pretrained, Network};
 use crate::probe::{self, metrics, ProbeSettings};
@@ -55,7 +55,7 @@ pub fn setup_compute(spec: &str, threads: usize) -> Result<Device> {
 /// fp16 convolutions are a CUDA feature; say so before any work.
 pub fn check_precision(cfg: &RunConfig, device: Device) -> Result<()> {
     if cfg.precision == Precision::Fp16 && !device.is_cuda() {
-        anyhow::bail!("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU");
+        return Err(crate::UsageError("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU".into()).into());
     }
     Ok(())
 }
@@ -74,7 +74,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         cfg.model.arch.name(),
         device::name(device)
     );
-    let pre = preprocess(cfg);
+    let pre = preprocess(cfg, &dataset);
     if let BnSetting::Calibrate(n) = cfg.bn {
         // Calibration runs in float32 with a fixed batch, before any folding or casting.
         let calib = Preprocess { precision: Precision::Fp32, ..pre };
@@ -86,6 +86,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     net.set_precision(cfg.precision.kind());
     let spec = &cfg.features;
     let (train, train_s) = features::extract(&net, spec, pre, &dataset.train, cfg.batch_size, "train")?;
+    features::check_health(&net, pre, &dataset.train, &train.x, cfg.allow_degenerate)?;
     let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
     let feature_dim = train.x.size()[1];
     let extract_s = train_s + test_s;
@@ -200,18 +201,25 @@ pub fn build_network(cfg: &RunConfig, device: Device) -> Result<Network> {
     Ok(net)
 }
 
-pub fn preprocess(cfg: &RunConfig) -> Preprocess {
+pub fn preprocess(cfg: &RunConfig, dataset: &Dataset) -> Preprocess {
     let stats = match (cfg.input_norm, cfg.data.dataset) {
         (InputNorm::Imagenet, _) => normalize::IMAGENET,
         (InputNorm::Dataset, DatasetName::Cifar10) => normalize::CIFAR10,
         (InputNorm::Dataset, DatasetName::Cifar100) => normalize::CIFAR100,
+        // A folder's own train statistics.
+        (InputNorm::Dataset, DatasetName::Folder) => folder::channel_stats(&dataset.train.images),
     };
-    Preprocess { stats, input_size: cfg.input_size, precision: cfg.precision }
+    // A folder's images keep their (common) size unless --input-size was given.
+    let input_size = match (cfg.data.dataset, cfg.data.folder_size) {
+        (DatasetName::Folder, None) => dataset.train.images.size()[2],
+        _ => cfg.input_size,
+    };
+    Preprocess { stats, input_size, precision: cfg.precision }
 }
 
 fn which(cfg: &RunConfig) -> Cifar {
     match (cfg.data.dataset, cfg.data.labels) {
-        (DatasetName::Cifar10, _) => Cifar::Ten,
+        (DatasetName::Cifar10 | DatasetName::Folder, _) => Cifar::Ten,
         (DatasetName::Cifar100, LabelSet::Fine) => Cifar::HundredFine,
         (DatasetName::Cifar100, LabelSet::Coarse) => Cifar::HundredCoarse,
     }
@@ -219,6 +227,11 @@ fn which(cfg: &RunConfig) -> Cifar {
 
 /// The folder holding the dataset's files (downloaded first when needed).
 pub fn dataset_dir(cfg: &RunConfig) -> Result<PathBuf> {
+    if cfg.data.dataset == DatasetName::Folder {
+        let d = cfg.data.data.clone().context("--dataset folder needs --data DIR")?;
+        anyhow::ensure!(d.is_dir(), "--data: data dir {} does not exist", d.display());
+        return Ok(d);
+    }
     match &cfg.data.data {
         Some(d) => cifar::locate(d, which(cfg)).context("--data"),
         None => download::ensure_cifar(
@@ -232,7 +245,13 @@ pub fn dataset_dir(cfg: &RunConfig) -> Result<PathBuf> {
 
 fn load_dataset(cfg: &RunConfig) -> Result<Dataset> {
     let dir = dataset_dir(cfg)?;
-    let mut dataset = cifar::load(&dir, which(cfg))?;
+    let mut dataset = if cfg.data.dataset == DatasetName::Folder {
+        let opts =
+            folder::FolderOptions { size: cfg.data.folder_size.map(|s| s as u32), skip_bad: cfg.data.skip_bad_images };
+        folder::load(&dir, &opts)?
+    } else {
+        cifar::load(&dir, which(cfg))?
+    };
     if let Some(n) = cfg.data.limit {
         for split in [&mut dataset.train, &mut dataset.test] {
             let n = (n as i64).min(split.labels.size()[0]);

@@ -52,7 +52,7 @@ fn auto_batch_and_bf16_run_on_cpu_fp16_is_refused() {
     assert!(rel > 0.0 && rel < 0.1, "bf16 vs fp32 max relative difference {rel}");
 
     let o = extract(tmp.path(), &data, "fp16", &["--precision", "fp16"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert_eq!(stderr(&o).trim_end(), "error: --precision fp16 needs CUDA; use bf16 or fp32 on the CPU");
 }
 

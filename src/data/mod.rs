@@ -2,6 +2,7 @@
 //! float and normalisation happen batch by batch on the extraction device.
 pub mod cifar;
 pub mod download;
+pub mod folder;
 pub mod normalize;
 pub mod split;
 

@@ -190,7 +190,8 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
     if !s.wd_search {
         let scaler = Scaler::fit(&x_raw, s.normalize);
         let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
-        let (w, b, epochs, best_epoch, val_acc, steps) = solve(&x, &y, Some((&xv, &yv)), c, s.weight_decay, s, device)?;
+        let (w, b, epochs, best_epoch, val_acc, steps) =
+            solve(&x, &y, Some((&xv, &yv)), c, s.weight_decay, s, device, None)?;
         let grid = vec![GridPoint { stage: "fixed", weight_decay: s.weight_decay, val_acc, steps }];
         return Ok(Fitted {
             head: Head { w, b, scaler },
@@ -208,35 +209,42 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
     let scaler = Scaler::fit(&x_raw, s.normalize);
     let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
     let mut grid: Vec<GridPoint> = Vec::new();
-    let mut warm: Option<Tensor> = None;
-    let score = |wd: f64, stage: &'static str, grid: &mut Vec<GridPoint>, warm: &mut Option<Tensor>| -> Result<f64> {
-        let (val_acc, steps, theta) = match s.solver {
+    // L-BFGS solutions (W, b) by strength: warm starts for the next point and the refit.
+    let mut solutions: Vec<(f64, (Tensor, Tensor))> = Vec::new();
+    let nearest = |sol: &[(f64, (Tensor, Tensor))], wd: f64| -> Option<(Tensor, Tensor)> {
+        sol.iter()
+            .min_by(|a, b| (a.0.ln() - wd.ln()).abs().total_cmp(&(b.0.ln() - wd.ln()).abs()))
+            .map(|(_, (w, b))| (w.shallow_clone(), b.shallow_clone()))
+    };
+    let basis = (s.solver == Solver::Lbfgs).then(|| lbfgs::Basis::new(&x, &y, c));
+    let mut score = |wd: f64, stage: &'static str, grid: &mut Vec<GridPoint>| -> Result<()> {
+        crate::interrupt::check()?;
+        let (val_acc, steps) = match s.solver {
             Solver::Lbfgs => {
-                let p = lbfgs::Problem::new(&x, &y, c, wd);
-                let sol = lbfgs::minimize(&p, warm.take().unwrap_or_else(|| p.zeros()), s.max_iter, LBFGS_TOL);
+                let p = basis.as_ref().expect("L-BFGS basis").problem(wd);
+                let start = nearest(&solutions, wd).map(|(w, b)| p.pack(&w, &b)).unwrap_or_else(|| p.zeros());
+                let sol = lbfgs::minimize(&p, start, s.max_iter, LBFGS_TOL);
                 let (w, b) = p.unpack(&sol.theta);
                 let acc = metrics::accuracy(&(xv.mm(&w.tr()) + &b), &yv);
-                (acc, sol.iterations, Some(sol.theta))
+                solutions.push((wd, (w, b)));
+                (acc, sol.iterations)
             }
             _ => {
                 let t = train::train(&x, &y, Some((&xv, &yv)), c, wd, s, device)?;
-                (t.val_acc, t.best_epoch, None)
+                (t.val_acc, t.best_epoch)
             }
         };
-        *warm = theta;
         grid.push(GridPoint { stage, weight_decay: wd, val_acc, steps });
-        Ok(val_acc)
+        Ok(())
     };
-    // Coarse: decades from strong to weak regularisation (warm starts follow the path).
+    // Coarse: decades from strong to weak regularisation (each warm-starts from the last).
     for k in (-6..=-1).rev() {
-        score(10f64.powi(k), "coarse", &mut grid, &mut warm)?;
+        score(10f64.powi(k), "coarse", &mut grid)?;
     }
     let best_coarse = best_point(&grid);
     // Fine: half a decade either side of the best coarse value.
     for f in [0.5, -0.5] {
-        let wd = best_coarse * 10f64.powf(f);
-        warm = None;
-        score(wd, "fine", &mut grid, &mut warm)?;
+        score(best_coarse * 10f64.powf(f), "fine", &mut grid)?;
     }
     let chosen = best_point(&grid);
     let val_acc = grid.iter().filter(|g| g.weight_decay == chosen).map(|g| g.val_acc).fold(f64::MIN, f64::max);
@@ -252,7 +260,8 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
         refit_settings.epochs =
             grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
     }
-    let (w, b, epochs, best_epoch, _, _) = solve(&ax, &all_y, None, c, chosen, &refit_settings, device)?;
+    let warm = nearest(&solutions, chosen);
+    let (w, b, epochs, best_epoch, _, _) = solve(&ax, &all_y, None, c, chosen, &refit_settings, device, warm)?;
     Ok(Fitted {
         head: Head { w, b, scaler },
         chosen_weight_decay: chosen,
@@ -291,11 +300,14 @@ fn solve(
     wd: f64,
     s: &ProbeSettings,
     device: Device,
+    warm: Option<(Tensor, Tensor)>,
 ) -> Result<Solved> {
     match s.solver {
         Solver::Lbfgs => {
-            let p = lbfgs::Problem::new(x, y, classes, wd);
-            let sol = lbfgs::minimize(&p, p.zeros(), s.max_iter, LBFGS_TOL);
+            let basis = lbfgs::Basis::new(x, y, classes);
+            let p = basis.problem(wd);
+            let start = warm.map(|(w, b)| p.pack(&w, &b)).unwrap_or_else(|| p.zeros());
+            let sol = lbfgs::minimize(&p, start, s.max_iter, LBFGS_TOL);
             let (w, b) = p.unpack(&sol.theta);
             let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);
             Ok((w, b, Vec::new(), 0, val_acc, sol.iterations))

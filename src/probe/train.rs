@@ -50,6 +50,7 @@ pub fn train(
     let mut best_val_loss = f64::INFINITY;
     let mut since_best_loss = 0;
     for epoch in 1..=s.epochs {
+        crate::interrupt::check()?;
         let lr = s.schedule.lr(s.lr, epoch, s.epochs);
         opt.set_lr(lr);
         let perm = Tensor::randperm(n, (Kind::Int64, x.device()));
