@@ -191,7 +191,7 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
         let scaler = Scaler::fit(&x_raw, s.normalize);
         let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
         let (w, b, epochs, best_epoch, val_acc, steps) =
-            solve(&x, &y, Some((&xv, &yv)), c, s.weight_decay, s, device, None)?;
+            solve((&x, &y), Some((&xv, &yv)), c, s.weight_decay, s, device, None)?;
         let grid = vec![GridPoint { stage: "fixed", weight_decay: s.weight_decay, val_acc, steps }];
         return Ok(Fitted {
             head: Head { w, b, scaler },
@@ -261,7 +261,7 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
             grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
     }
     let warm = nearest(&solutions, chosen);
-    let (w, b, epochs, best_epoch, _, _) = solve(&ax, &all_y, None, c, chosen, &refit_settings, device, warm)?;
+    let (w, b, epochs, best_epoch, _, _) = solve((&ax, &all_y), None, c, chosen, &refit_settings, device, warm)?;
     Ok(Fitted {
         head: Head { w, b, scaler },
         chosen_weight_decay: chosen,
@@ -293,8 +293,7 @@ type Solved = (Tensor, Tensor, Vec<EpochLog>, usize, f64, usize);
 
 /// One fit at a fixed strength, with the configured solver.
 fn solve(
-    x: &Tensor,
-    y: &Tensor,
+    (x, y): (&Tensor, &Tensor),
     val: Option<(&Tensor, &Tensor)>,
     classes: i64,
     wd: f64,
