@@ -34,6 +34,8 @@ pub enum Command {
     Compare(Box<CompareArgs>),
     /// Run a grid of configurations, resumable, with a per-configuration aggregate.
     Sweep(Box<SweepArgs>),
+    /// Chart of test top-1 per architecture, random (mean ± sd) beside pretrained.
+    Plot(PlotArgs),
     /// List the architectures, their stages and default features.
     Models,
     /// What this binary sees: versions, threads, CUDA devices.
@@ -254,6 +256,17 @@ pub struct CompareArgs {
     pub table: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// A summary or sweep CSV (needs arch, weights, test_top1).
+    pub csv: PathBuf,
+    /// Output chart: .svg or .png.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -191,7 +191,7 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
 
 /// npy reader with the bounds check tch's own lacks: the header's shape must match the
 /// file's length, so a truncated file is an error, never an out-of-bounds read.
-fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
+pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -234,7 +234,7 @@ fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
     Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
 }
 
-fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
+pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
     let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header = rdr.headers().with_context(|| format!("{}: unreadable header", path.display()))?.clone();
     ensure!(

@@ -249,6 +249,8 @@ struct Normalizer {
     device: Device,
     size: i64,
     kind: Kind,
+    /// Match the folded (channels-last) weights, so no layer converts layouts.
+    channels_last: bool,
 }
 
 impl Normalizer {
@@ -262,6 +264,7 @@ impl Normalizer {
             device,
             size: pre.input_size,
             kind: pre.precision.kind(),
+            channels_last: false,
         }
     }
 
@@ -287,6 +290,9 @@ impl Normalizer {
         }
         if self.kind != Kind::Float {
             x = x.to_kind(self.kind);
+        }
+        if self.channels_last {
+            x = crate::models::layers::channels_last(&x);
         }
         x
     }
@@ -346,7 +352,8 @@ pub fn extract(
     let n = split.len() as i64;
     let dim = feature_dim(net, spec, pre.input_size)?;
     let out = Tensor::empty([n, dim], (Kind::Float, Device::Cpu));
-    let norm = Normalizer::new(pre, net.device());
+    let mut norm = Normalizer::new(pre, net.device());
+    norm.channels_last = net.is_folded();
     let bar = progress::images(n as u64, what);
     let start = Instant::now();
     let mut size = batch_size.initial(net.device());

@@ -20,6 +20,7 @@ pub mod files;
 pub mod interrupt;
 pub mod models;
 pub mod pipeline;
+pub mod plot;
 pub mod probe;
 pub mod progress;
 pub mod report;

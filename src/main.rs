@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Sweep(args) => cnnprobe::sweep::run(&args),
+        Command::Plot(args) => cnnprobe::plot::plot(&args.csv, &args.output, args.title.as_deref()),
         Command::Models => {
             cnnprobe::report::print_models();
             Ok(())

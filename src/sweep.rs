@@ -193,6 +193,9 @@ fn apply(base: &RunArgs, p: &Point) -> RunArgs {
     // CIFAR ResNets have only the CIFAR stem: the base stem applies to the others.
     if p.arch.is_cifar_resnet() {
         a.model.stem = None;
+    } else if p.weights == WeightsSource::Imagenet {
+        // Pretrained means torchvision's network as published: its ImageNet stem.
+        a.model.stem = Some(crate::models::Stem::Imagenet);
     }
     a
 }

@@ -150,24 +150,35 @@ impl ConvBn {
         }
     }
 
-    /// w' = w·scale (per output channel), b' = b·scale + shift.
+    /// w' = w·scale (per output channel), b' = b·scale + shift; a conv without BN keeps
+    /// its own weights. The frozen weights are laid out channels-last, which oneDNN's CPU
+    /// convolutions run faster (libtorch picks the layout from the strides).
     pub fn fold(&mut self) {
-        let Some(bn) = &self.bn else { return };
         tch::no_grad(|| {
-            let (scale, shift) = bn.affine();
-            let w = &self.conv.weight * scale.view([-1, 1, 1, 1]);
-            let b = match &self.conv.bias {
-                Some(b) => b * &scale + &shift,
-                None => shift,
+            let (w, b) = match &self.bn {
+                Some(bn) => {
+                    let (scale, shift) = bn.affine();
+                    let w = &self.conv.weight * scale.view([-1, 1, 1, 1]);
+                    let b = match &self.conv.bias {
+                        Some(b) => b * &scale + &shift,
+                        None => shift,
+                    };
+                    (w, b)
+                }
+                None => {
+                    let c_out = self.conv.weight.size()[0];
+                    let zeros = || Tensor::zeros([c_out], (self.conv.weight.kind(), self.conv.weight.device()));
+                    (self.conv.weight.copy(), self.conv.bias.as_ref().map(|b| b.copy()).unwrap_or_else(zeros))
+                }
             };
-            self.folded = Some((w.detach(), b.detach()));
+            self.folded = Some((channels_last(&w.detach()), b.detach()));
         });
     }
 
     /// Casts the folded weights (the VarStore casts the rest).
     pub fn cast(&mut self, kind: tch::Kind) {
         if let Some((w, b)) = &self.folded {
-            self.folded = Some((w.to_kind(kind), b.to_kind(kind)));
+            self.folded = Some((channels_last(&w.to_kind(kind)), b.to_kind(kind)));
         }
     }
 
@@ -181,6 +192,11 @@ impl ConvBn {
             out.push(bn.site());
         }
     }
+}
+
+/// The same logical NCHW tensor with NHWC (channels-last) strides.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 pub struct Linear {

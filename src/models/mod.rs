@@ -190,6 +190,7 @@ pub struct Network {
     pub vs: nn::VarStore,
     pub body: Box<dyn Backbone>,
     pub arch: Arch,
+    folded: bool,
 }
 
 impl Network {
@@ -215,7 +216,7 @@ impl Network {
         }
         drop(_draws);
         vs.freeze();
-        Ok(Network { vs, body, arch: cfg.arch })
+        Ok(Network { vs, body, arch: cfg.arch, folded: false })
     }
 
     /// Builds on the CPU (see `build`) and moves the frozen network to `device`.
@@ -263,6 +264,11 @@ impl Network {
     /// final, i.e. after loading and calibration).
     pub fn fold_batchnorm(&mut self) {
         self.body.units_mut().into_iter().for_each(|u| u.fold());
+    }
+
+    /// Whether `fold_batchnorm` ran (the frozen weights are then channels-last).
+    pub fn is_folded(&self) -> bool {
+        self.folded
     }
 
     pub fn unfold_batchnorm(&mut self) {
