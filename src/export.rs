@@ -9,7 +9,7 @@ use crate::progress;
 use anyhow::{bail, ensure, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -48,8 +48,8 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
     match format {
         FeatureFormat::Npy => {
             for (name, f) in SPLITS.iter().zip(parts) {
-                write_tensor_file(&dir.join(format!("{name}_features.npy")), |p| f.x.write_npy(p))?;
-                write_tensor_file(&dir.join(format!("{name}_labels.npy")), |p| f.y.write_npy(p))?;
+                write_npy(&dir.join(format!("{name}_features.npy")), &f.x)?;
+                write_npy(&dir.join(format!("{name}_labels.npy")), &f.y)?;
             }
         }
         FeatureFormat::Safetensors => {
@@ -88,6 +88,46 @@ fn write_tensor_file(path: &Path, write: impl FnOnce(&Path) -> Result<(), tch::T
     write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).with_context(|| format!("cannot move the finished file to {}", path.display()))?;
     Ok(())
+}
+
+/// A float32 or int64 matrix/vector as .npy, streamed a block of rows at a time (tch's own
+/// writer copies the whole tensor into one buffer first: 400 MB for 50k×2048 features).
+fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+    let descr = match t.kind() {
+        Kind::Float => "<f4",
+        Kind::Int64 => "<i8",
+        k => bail!("cannot write {k:?} tensors as .npy"),
+    };
+    let shape = t.size();
+    let shape_text = match shape.as_slice() {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    write_atomic(path, |w| {
+        w.write_all(b"\x93NUMPY\x01\x00")?;
+        w.write_all(&(header.len() as u16).to_le_bytes())?;
+        w.write_all(header.as_bytes())?;
+        let n = shape[0];
+        let t = t.contiguous();
+        let mut start = 0;
+        while start < n {
+            crate::interrupt::check()?;
+            let len = 4096.min(n - start);
+            let block = t.narrow(0, start, len).contiguous().view([-1]);
+            match t.kind() {
+                Kind::Float => Vec::<f32>::try_from(&block)?.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
+                _ => Vec::<i64>::try_from(&block)?.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
+            }
+            start += len;
+        }
+        Ok(())
+    })
 }
 
 /// `split,index,label,f0,…,fD-1`, streamed a block of rows at a time (a 50k×2048 export

@@ -382,16 +382,24 @@ pub fn extract(
     Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))
 }
 
-/// Why a feature matrix is useless to a probe, if it is.
+/// Why a feature matrix is useless to a probe, if it is. Works in row blocks and column
+/// reductions, so checking 50k×2048 features adds no full-size temporaries.
 fn degeneracy(x: &Tensor) -> Option<&'static str> {
-    if !bool::try_from(x.isfinite().all()).unwrap_or(false) {
-        return Some("NaN/Inf");
+    let n = x.size()[0];
+    let mut start = 0;
+    while start < n {
+        let len = 4096.min(n - start);
+        if !bool::try_from(x.narrow(0, start, len).isfinite().all()).unwrap_or(false) {
+            return Some("NaN/Inf");
+        }
+        start += len;
     }
-    if x.abs().max().double_value(&[]) == 0.0 {
+    let (hi, lo) = (x.amax(0, false), x.amin(0, false));
+    if hi.max().double_value(&[]) == 0.0 && lo.min().double_value(&[]) == 0.0 {
         return Some("all zeros");
     }
     // Every sample the same vector: nothing to separate.
-    if x.size()[0] > 1 && (x - x.get(0)).abs().max().double_value(&[]) == 0.0 {
+    if n > 1 && (hi - lo).max().double_value(&[]) == 0.0 {
         return Some("identical for every image");
     }
     None
