@@ -275,7 +275,11 @@ pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
 }
 
 pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Flexible: a ragged row is reported by our own check below, with its line.
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let header = rdr.headers().with_context(|| format!("{}: unreadable header", path.display()))?.clone();
     ensure!(
         header.len() as i64 == 3 + dim && &header[0] == "split" && &header[1] == "index" && &header[2] == "label",

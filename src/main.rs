@@ -42,6 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("error: {e:#}");
+    // One line, whatever a library's message contains.
+    eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
     ExitCode::from(code)
 }

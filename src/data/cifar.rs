@@ -139,7 +139,7 @@ pub fn parse_records(
     ensure!(!bytes.is_empty(), "{}: file is empty (expected {rec}-byte records)", path.display());
     if !bytes.len().is_multiple_of(rec) {
         bail!(
-            "{}: size {} is not a whole number of {rec}-byte records (truncated? record {} is incomplete)",
+            "{}: size {} is not a whole number of {rec}-byte records (truncated or padded? record {} is incomplete)",
             path.display(),
             bytes.len(),
             bytes.len() / rec
