@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Runs the real binary on each bad input of the reliability catalogue and writes the
-table of messages and exit codes (results/reliability.md's catalogue section).
+table of messages and exit codes (printed; results/reliability.md's catalogue section is it).
 The same cases are asserted by the test suite (tests/errors.rs, reliability.rs, export.rs,
 folder.rs, weights_cli.rs); this script shows what a user sees.
 
-usage: reliability_catalogue.py [--cnnprobe target/release/cnnprobe] [--out results/reliability_catalogue.md]
+usage: reliability_catalogue.py [--cnnprobe target/release/cnnprobe] [--out TABLE.md]
 """
 import argparse, os, subprocess, tempfile
 from pathlib import Path
@@ -27,7 +27,7 @@ def cifar(folder: Path, per_file=10, test=10):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cnnprobe", default=str(Path("target/release/cnnprobe").resolve()))
-    ap.add_argument("--out", type=Path, default=Path("results/reliability_catalogue.md"))
+    ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     quick = ["--device", "cpu", "--epochs", "2", "--no-cache"]
     rows = []
@@ -113,12 +113,12 @@ def main():
                 case("full disk (64 KiB tmpfs)", ["extract", "--data", "good", "--format", "csv", "--device", "cpu", "--output", "tiny/x"])
             finally:
                 subprocess.run(["umount", str(tiny)])
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with a.out.open("w") as f:
-        f.write("| case | exit code | message (last line of stderr) |\n| --- | --- | --- |\n")
-        for name, code, msg in rows:
-            f.write(f"| {name} | {code} | `{msg.replace('|', '/')}` |\n")
-    print(a.out.read_text())
+    table = "| case | exit code | message (last line of stderr) |\n| --- | --- | --- |\n"
+    for name, code, msg in rows:
+        table += f"| {name} | {code} | `{msg.replace('|', '/')}` |\n"
+    if a.out:
+        a.out.write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
