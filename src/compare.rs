@@ -4,6 +4,7 @@ use crate::cli::RunArgs;
 use crate::config::{InputNorm, RunConfig, WeightsSource};
 use crate::files::write_atomic;
 use crate::pipeline;
+use crate::report::mean_sd;
 use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,13 +35,6 @@ pub struct Group {
     pub top5: Vec<f64>,
     pub val: Vec<f64>,
     pub note: String,
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    (mean, sd)
 }
 
 pub fn run(args: RunArgs, seeds: &[u64], table: Option<PathBuf>) -> Result<Vec<Group>> {

@@ -1,5 +1,6 @@
 //! `cnnprobe plot`: test top-1 per architecture, random weights (mean ± sd over seeds)
 //! beside pretrained, from a summary or sweep CSV, as SVG or PNG.
+use crate::report::mean_sd;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
 use plotters::prelude::*;
@@ -13,13 +14,6 @@ struct Group {
     pretrained: Vec<f64>,
     /// Why there is no pretrained bar (a row's status, e.g. "not available offline").
     pretrained_note: Option<String>,
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    (m, sd)
 }
 
 fn read_groups(csv_path: &Path) -> Result<Vec<Group>> {

@@ -158,6 +158,14 @@ impl Row {
     }
 }
 
+/// Mean and sample standard deviation (0 for a single value), as reported over seeds.
+pub fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    (m, sd)
+}
+
 /// Formats an accuracy/fraction with 4 decimals.
 pub fn frac(v: f64) -> String {
     format!("{v:.4}")

@@ -8,6 +8,7 @@ use crate::files::write_atomic;
 use crate::models::init::InitScheme;
 use crate::models::Arch;
 use crate::pipeline;
+use crate::report::mean_sd;
 use crate::report::Row;
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -238,13 +239,6 @@ fn csv_row(path: &Path) -> Result<Vec<(String, String)>> {
 pub fn aggregate_path(sweep: &Path) -> PathBuf {
     let stem = sweep.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into());
     sweep.with_file_name(format!("{stem}_aggregate.csv"))
-}
-
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    (m, sd)
 }
 
 /// The results of one configuration over its seeds.
