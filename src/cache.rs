@@ -120,6 +120,7 @@ pub fn features(cfg: &RunConfig, device: Device, dir: &Path) -> Result<FeatureSe
     export::write(tmp.path(), &set, FeatureFormat::Safetensors)?;
     // A concurrent run may have stored the same entry first; either copy is complete.
     let staged = tmp.keep();
+    crate::files::make_public(&staged)?;
     if std::fs::rename(&staged, &entry).is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }

@@ -86,6 +86,7 @@ fn write_tensor_file(path: &Path, write: impl FnOnce(&Path) -> Result<(), tch::T
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?
         .into_temp_path();
     write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::files::make_public(&tmp)?;
     tmp.persist(path).with_context(|| format!("cannot move the finished file to {}", path.display()))?;
     Ok(())
 }

@@ -61,6 +61,7 @@ pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
         }
     }
     tmp.as_file().sync_all()?;
+    crate::files::make_public(tmp.path())?;
     tmp.persist(dest)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the download to {}", dest.display()))?;

@@ -5,6 +5,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// Temp files are created private (0600); a finished output gets the usual 0644 (0755 for
+/// a directory) before it is renamed into place.
+pub fn make_public(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o755 } else { 0o644 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))
+}
+
 /// Writes `path` through a temp file in the same directory, renamed into place only after
 /// `write` succeeded and the data is flushed. On any error the temp file is removed.
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
@@ -24,6 +33,7 @@ where
         w.flush().with_context(|| format!("writing {}", path.display()))?;
     }
     tmp.as_file().sync_all().with_context(|| format!("writing {}", path.display()))?;
+    make_public(tmp.path())?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the finished file into place at {}", path.display()))?;
@@ -171,6 +181,15 @@ mod tests {
         let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 200);
         assert!(rows.iter().all(|r| r.len() == 3 && r[2].len() == 5000));
+    }
+
+    #[test]
+    fn finished_files_are_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.csv");
+        write_atomic(&p, |w| Ok(w.write_all(b"a\n")?)).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]

@@ -35,8 +35,12 @@ fn read_groups(csv_path: &Path) -> Result<Vec<Group>> {
             pretrained_note: None,
         });
         if let Some(st) = status.and_then(|s| rec.get(s)).filter(|s| *s != "ok") {
-            if &rec[weights] != "random" && !st.starts_with("skipped") {
-                g.pretrained_note = Some(st.to_string());
+            if &rec[weights] != "random" {
+                g.pretrained_note = Some(if st.contains("publishes no ImageNet weights") {
+                    "no torchvision weights".to_string()
+                } else {
+                    st.to_string()
+                });
             }
             continue;
         }
@@ -77,6 +81,7 @@ pub fn plot(csv_path: &Path, out: &Path, title: Option<&str>) -> Result<()> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
     }
+    crate::files::make_public(&tmp)?;
     tmp.persist(out).with_context(|| format!("cannot move the chart to {}", out.display()))?;
     Ok(())
 }
@@ -126,7 +131,8 @@ where
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..ymax)
+        // Segments 0..=n-1, one per group.
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..ymax)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -140,17 +146,14 @@ where
         .map_err(err)?;
     let random_color = RGBColor(70, 110, 180);
     let pre_color = RGBColor(220, 130, 50);
-    // Each segment holds two bars; SegmentValue::Exact(i) is the segment's left edge, so
-    // bars are drawn in a nested coordinate: x in [i, i+1) scaled by hand.
+    // Each segment holds two bars, placed in pixels between the segment's edges
+    // (SegmentValue::Exact(i) and Exact(i + 1)).
     let area = chart.plotting_area();
-    let (px0, px1) = {
-        let r = area.get_pixel_range().0;
-        (r.start, r.end)
-    };
-    let width = (px1 - px0) as f64 / n as f64;
+    let px1 = area.get_pixel_range().0.end;
     let y = |v: f64| area.map_coordinate(&(SegmentValue::Exact(0), v)).1;
+    let x = |i: usize| area.map_coordinate(&(SegmentValue::Exact(i), 0.0)).0 as f64;
     for (i, g) in groups.iter().enumerate() {
-        let x0 = px0 as f64 + width * i as f64;
+        let (x0, width) = (x(i), if i + 1 < n { x(i + 1) - x(i) } else { px1 as f64 - x(i) });
         for (k, values, color) in [(0, &g.random, random_color), (1, &g.pretrained, pre_color)] {
             let (l, r) =
                 ((x0 + width * (0.15 + 0.36 * k as f64)) as i32, (x0 + width * (0.47 + 0.36 * k as f64)) as i32);

@@ -143,6 +143,7 @@ impl Head {
         let tmp = tempfile::Builder::new().prefix(".head.").suffix(".safetensors").tempfile_in(dir)?.into_temp_path();
         Tensor::write_safetensors(&named, &tmp)
             .with_context(|| format!("--save-head: cannot write {}", path.display()))?;
+        crate::files::make_public(&tmp)?;
         tmp.persist(path).with_context(|| format!("--save-head: cannot move the file to {}", path.display()))?;
         Ok(())
     }
