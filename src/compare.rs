@@ -137,20 +137,10 @@ fn print_table(base: &RunConfig, groups: &[Group]) {
 fn write_table(path: &Path, base: &RunConfig, groups: &[Group]) -> Result<()> {
     write_atomic(path, |w| {
         let mut c = csv::Writer::from_writer(w);
-        c.write_record([
-            "dataset",
-            "arch",
-            "stem",
-            "weights",
-            "n",
-            "seeds",
-            "test_top1_mean",
-            "test_top1_sd",
-            "test_top5_mean",
-            "test_top5_sd",
-            "val_acc_mean",
-            "note",
-        ])?;
+        let mut header = vec!["dataset", "arch", "stem", "weights"];
+        header.extend(crate::report::OVER_SEEDS);
+        header.push("note");
+        c.write_record(&header)?;
         for g in groups {
             let (t1, s1) = if g.top1.is_empty() { (f64::NAN, f64::NAN) } else { mean_sd(&g.top1) };
             let (t5, s5) = if g.top5.is_empty() { (f64::NAN, f64::NAN) } else { mean_sd(&g.top5) };

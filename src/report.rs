@@ -158,6 +158,10 @@ impl Row {
     }
 }
 
+/// Columns of a result aggregated over seeds (compare tables, sweep aggregates).
+pub const OVER_SEEDS: [&str; 7] =
+    ["n", "seeds", "test_top1_mean", "test_top1_sd", "test_top5_mean", "test_top5_sd", "val_acc_mean"];
+
 /// Mean and sample standard deviation (0 for a single value), as reported over seeds.
 pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;

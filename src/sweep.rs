@@ -276,19 +276,7 @@ pub fn write_aggregate(sweep: &Path, out: &Path) -> Result<()> {
     write_atomic(out, |w| {
         let mut c = csv::Writer::from_writer(w);
         let mut header: Vec<String> = GROUP.iter().map(|s| s.to_string()).collect();
-        header.extend(
-            [
-                "n",
-                "seeds",
-                "test_top1_mean",
-                "test_top1_sd",
-                "test_top5_mean",
-                "test_top5_sd",
-                "val_acc_mean",
-                "status",
-            ]
-            .map(String::from),
-        );
+        header.extend(crate::report::OVER_SEEDS.iter().chain(&["status"]).map(|s| s.to_string()));
         c.write_record(&header)?;
         for (key, Seeds { seeds, top1: t1, top5: t5, val: va, status }) in &groups {
             let mut r = key.clone();
