@@ -6,7 +6,6 @@ use crate::files::write_atomic;
 use crate::pipeline;
 use crate::report::mean_sd;
 use anyhow::{bail, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `--seeds`: `0,1,2`, `0..3` (exclusive end, as in Rust) or `0..=2`.
@@ -164,7 +163,5 @@ fn write_table(path: &Path, base: &RunConfig, groups: &[Group]) -> Result<()> {
         }
         c.flush()?;
         Ok(())
-    })?;
-    let _ = std::io::stdout().flush();
-    Ok(())
+    })
 }
