@@ -79,6 +79,11 @@ pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
         "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "cnnprobe": crate::VERSION,
     });
+    let mut material = material;
+    // Only when on, so entries made before the flag existed keep their keys.
+    if cfg.hflip {
+        material["hflip"] = serde_json::json!(true);
+    }
     let digest = Sha256::digest(material.to_string().as_bytes());
     Ok(digest.iter().take(10).map(|b| format!("{b:02x}")).collect())
 }

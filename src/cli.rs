@@ -15,7 +15,9 @@ use std::path::PathBuf;
 #[command(
     name = "cnnprobe",
     version,
-    about = "How good are the features of a CNN that was never trained? Frozen CNN features + a linear probe."
+    about = "How good are the features of a CNN that was never trained? Frozen CNN features + a linear probe.",
+    // A flag given twice keeps its last value: how `--preset` flags yield to the user's.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -25,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Extract frozen features, fit a linear probe, log the results.
-    Run(Box<RunArgs>),
+    Run(Box<RunCmd>),
     /// Extract train/test features and labels to files (csv, npy or safetensors).
     Extract(Box<ExtractArgs>),
     /// Fit the probe on features exported by `extract`, with the same options and logs as `run`.
@@ -99,6 +101,10 @@ pub struct ModelArgs {
     /// Start each residual block's last BN weight at 0 (torchvision's option).
     #[arg(long)]
     pub zero_init_residual: bool,
+    /// Multiply every conv's channel count (ResNet and VGG; random weights only): wider
+    /// random networks give more, less correlated features.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_f64)]
+    pub width_mult: f64,
     /// BatchNorm statistics: eval (as initialised) or calibrate:N (recomputed from N train images).
     #[arg(long, default_value = "eval", value_parser = parse_bn)]
     pub bn: BnSetting,
@@ -109,9 +115,14 @@ pub struct ModelArgs {
     /// (by default that is an error naming the stage where it first appears).
     #[arg(long)]
     pub allow_degenerate: bool,
+    /// Also extract horizontally flipped train images: the probe trains on both views
+    /// (flipped validation images join only the refit; test images are not flipped).
+    #[arg(long)]
+    pub hflip: bool,
     /// Stages to tap, comma-separated (e.g. layer2,layer3,layer4; VGG: block1…block5 or fc2)
-    /// [default: the last stage].
-    #[arg(long, visible_alias = "taps", value_delimiter = ',')]
+    /// [default: the last stage]. `name:K` pools that stage K×K instead of --pool-size
+    /// (e.g. block1:4,block2:2).
+    #[arg(long, visible_alias = "taps", value_delimiter = ',', action = ArgAction::Set)]
     pub features: Vec<String>,
     /// Pooling of each tapped stage.
     #[arg(long, value_enum, default_value_t = Pool::Avg)]
@@ -184,6 +195,10 @@ pub struct ProbeArgs {
     /// L-BFGS iteration cap per fit.
     #[arg(long, default_value_t = 1000, value_parser = positive_usize)]
     pub max_iter: usize,
+    /// Screening runs of a study: choose on validation and stop there. No refit on
+    /// train+val, and the test split is never scored (its columns stay empty).
+    #[arg(long)]
+    pub val_only: bool,
     /// Write the head (weights + feature scaling statistics) as safetensors.
     #[arg(long)]
     pub save_head: Option<PathBuf>,
@@ -213,6 +228,7 @@ impl ProbeArgs {
             patience: self.patience,
             max_iter: self.max_iter,
             seed,
+            val_only: self.val_only,
         }
     }
 }
@@ -232,6 +248,9 @@ pub struct OutputArgs {
     /// CSV that gets one row per finished run.
     #[arg(long, default_value = "results/summary.csv")]
     pub summary: PathBuf,
+    /// Free-text label written to the summary row's `tag` column (e.g. a study's lever).
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -244,6 +263,26 @@ pub struct RunArgs {
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunCmd {
+    /// A named bundle of flags; flags given here override it. random-best: the best
+    /// untrained-feature recipe found by the study in results/random_study.csv
+    /// (`cnnprobe models` lists the flags). With --weights imagenet, the same recipe on
+    /// torchvision's pretrained VGG-11 (its own widths and stem): the comparison.
+    #[arg(long, value_parser = crate::presets::parse)]
+    pub preset: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl RunCmd {
+    pub fn into_config(self) -> Result<RunConfig> {
+        let mut cfg = self.run.into_config()?;
+        cfg.preset = self.preset;
+        Ok(cfg)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -260,13 +299,19 @@ pub struct CompareArgs {
 
 #[derive(Args, Debug)]
 pub struct PlotArgs {
-    /// A summary or sweep CSV (needs arch, weights, test_top1).
+    /// A summary or sweep CSV (needs weights and the --by and --metric columns).
     pub csv: PathBuf,
     /// Output chart: .svg or .png.
     #[arg(long, short)]
     pub output: PathBuf,
     #[arg(long)]
     pub title: Option<String>,
+    /// Column that groups the bars (e.g. tag for a study's levers).
+    #[arg(long, default_value = "arch")]
+    pub by: String,
+    /// Column with the bar heights, a fraction in [0, 1] (e.g. val_acc).
+    #[arg(long, default_value = "test_top1")]
+    pub metric: String,
 }
 
 #[derive(Args, Debug)]
@@ -347,6 +392,9 @@ impl ModelArgs {
                 bail!("--weights imagenet needs --stem imagenet: torchvision's checkpoints have the ImageNet stem");
             }
         }
+        if self.width_mult != 1.0 && self.weights != WeightsSource::Random {
+            bail!("--width-mult {} changes every layer's shape; it needs --weights random", self.width_mult);
+        }
         let input_size =
             self.input_size.map(|n| n as i64).unwrap_or(if self.weights == WeightsSource::Imagenet { 224 } else { 32 });
         let input_norm = self.input_norm.unwrap_or(if self.weights == WeightsSource::Random {
@@ -360,6 +408,7 @@ impl ModelArgs {
             init: self.init,
             zero_init_residual: self.zero_init_residual,
             seed: self.seed,
+            width_mult: self.width_mult,
         };
         Ok((model, input_size, input_norm))
     }
@@ -410,6 +459,9 @@ pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &Ou
         cache_dir: (!output.no_cache).then(|| output.cache_dir.clone().unwrap_or_else(crate::cache::default_dir)),
         out: output.out.clone(),
         summary: output.summary.clone(),
+        tag: output.tag.clone(),
+        preset: None,
+        hflip: m.hflip,
     })
 }
 

@@ -11,8 +11,13 @@ use std::path::{Path, PathBuf};
 /// The run config of an extraction (probe settings at their defaults, unused).
 pub fn extract_config(args: &ExtractArgs) -> Result<RunConfig> {
     let probe = ProbeArgs::defaults();
-    let output =
-        OutputArgs { out: None, summary: PathBuf::from("results/summary.csv"), cache_dir: None, no_cache: true };
+    let output = OutputArgs {
+        out: None,
+        summary: PathBuf::from("results/summary.csv"),
+        cache_dir: None,
+        no_cache: true,
+        tag: None,
+    };
     run_config(&args.data, &args.model, &probe, &output)
 }
 
@@ -39,7 +44,8 @@ struct FitConfig<'a> {
 pub fn fit(args: &FitArgs) -> Result<()> {
     let threads = args.compute.threads();
     let device = pipeline::setup_compute(&args.compute.device, threads)?;
-    let set = export::read(&args.features)?;
+    let mut set = export::read(&args.features)?;
+    report::label(&mut set.provenance, "tag", args.output.tag.as_deref());
     let probe = args.probe.settings(args.seed);
     let short = set
         .provenance

@@ -161,6 +161,8 @@ pub struct RunConfig {
     /// Continue with NaN/Inf, all-zero or constant features (warn instead of failing).
     pub allow_degenerate: bool,
     pub features: FeatureSpec,
+    /// Also extract the horizontally flipped train images (extra probe training rows).
+    pub hflip: bool,
     pub device: String,
     pub threads: usize,
     pub batch_size: BatchSize,
@@ -173,6 +175,10 @@ pub struct RunConfig {
     /// Run directory; `None` means results/runs/<timestamp>-<short name>.
     pub out: Option<PathBuf>,
     pub summary: PathBuf,
+    /// Free-text label for the summary row.
+    pub tag: Option<String>,
+    /// `--preset` the flags came from, if any.
+    pub preset: Option<String>,
 }
 
 impl RunConfig {

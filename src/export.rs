@@ -21,7 +21,8 @@ pub enum FeatureFormat {
     Csv,
     /// numpy: <split>_features.npy (float32) and <split>_labels.npy (int64).
     Npy,
-    /// One file with train_features, train_labels, test_features, test_labels.
+    /// One file with train_features, train_labels, test_features, test_labels
+    /// (and train_flip_* with --hflip).
     Safetensors,
 }
 
@@ -31,6 +32,10 @@ pub struct Manifest {
     pub format: FeatureFormat,
     pub n_train: i64,
     pub n_test: i64,
+    /// Whether horizontally flipped train images were extracted too (`train_flip`, rows
+    /// aligned with `train`).
+    #[serde(default)]
+    pub hflip: bool,
     pub feature_dim: i64,
     pub class_names: Vec<String>,
     /// Summary columns describing the extraction (dataset, arch, seed, …).
@@ -38,24 +43,29 @@ pub struct Manifest {
     pub cnnprobe_version: String,
 }
 
-const SPLITS: [&str; 2] = ["train", "test"];
+/// The feature matrices of `set` by file-name prefix: train, test, and train_flip with --hflip.
+fn parts(set: &FeatureSet) -> Vec<(&'static str, &Features)> {
+    let mut parts = vec![("train", &set.train), ("test", &set.test)];
+    if let Some(f) = &set.train_flip {
+        parts.push(("train_flip", f));
+    }
+    parts
+}
 
 pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("--output {}: cannot create the directory", dir.display()))?;
     // A stale manifest must not vouch for the files we are about to replace.
     let _ = std::fs::remove_file(dir.join("features.json"));
-    let parts = [&set.train, &set.test];
     match format {
         FeatureFormat::Npy => {
-            for (name, f) in SPLITS.iter().zip(parts) {
+            for (name, f) in parts(set) {
                 write_npy(&dir.join(format!("{name}_features.npy")), &f.x)?;
                 write_npy(&dir.join(format!("{name}_labels.npy")), &f.y)?;
             }
         }
         FeatureFormat::Safetensors => {
-            let named: Vec<(String, Tensor)> = SPLITS
-                .iter()
-                .zip(parts)
+            let named: Vec<(String, Tensor)> = parts(set)
+                .into_iter()
                 .flat_map(|(n, f)| {
                     [(format!("{n}_features"), f.x.shallow_clone()), (format!("{n}_labels"), f.y.shallow_clone())]
                 })
@@ -68,6 +78,7 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         format,
         n_train: set.train.y.size()[0],
         n_test: set.test.y.size()[0],
+        hflip: set.train_flip.is_some(),
         feature_dim: set.train.x.size()[1],
         class_names: set.class_names.clone(),
         provenance: set.provenance.clone(),
@@ -135,7 +146,7 @@ fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
 /// never becomes one string in memory).
 fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
     let dim = set.train.x.size()[1];
-    let total = (set.train.y.size()[0] + set.test.y.size()[0]) as u64;
+    let total = parts(set).iter().map(|(_, f)| f.y.size()[0] as u64).sum();
     let bar = progress::rows(total, "csv");
     write_atomic(path, |w| {
         let mut c = csv::Writer::from_writer(w);
@@ -143,7 +154,7 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
         header.extend((0..dim).map(|i| format!("f{i}")));
         c.write_record(&header)?;
         let mut buf = String::with_capacity(32);
-        for (name, f) in SPLITS.iter().zip([&set.train, &set.test]) {
+        for (name, f) in parts(set) {
             let n = f.y.size()[0];
             let labels = Vec::<i64>::try_from(&f.y)?;
             let mut start = 0;
@@ -182,7 +193,7 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     })?;
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
-    let (train, test) = match m.format {
+    let (train, test, train_flip) = match m.format {
         FeatureFormat::Npy => {
             let load = |s: &str| -> Result<Features> {
                 Ok(Features {
@@ -190,7 +201,8 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
                     y: read_npy(&dir.join(format!("{s}_labels.npy")), Kind::Int64)?,
                 })
             };
-            (load("train")?, load("test")?)
+            let flip = if m.hflip { Some(load("train_flip")?) } else { None };
+            (load("train")?, load("test")?, flip)
         }
         FeatureFormat::Safetensors => {
             let path = dir.join("features.safetensors");
@@ -203,14 +215,24 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
                     .map(|(_, t)| t.shallow_clone())
                     .with_context(|| format!("{}: no tensor named {k}", path.display()))
             };
+            let flip = if m.hflip {
+                Some(Features { x: get("train_flip_features")?, y: get("train_flip_labels")? })
+            } else {
+                None
+            };
             (
                 Features { x: get("train_features")?, y: get("train_labels")? },
                 Features { x: get("test_features")?, y: get("test_labels")? },
+                flip,
             )
         }
         FeatureFormat::Csv => read_csv(&dir.join("features.csv"), m.feature_dim)?,
     };
-    for (name, f, n) in [("train", &train, m.n_train), ("test", &test, m.n_test)] {
+    let mut checks = vec![("train", &train, m.n_train), ("test", &test, m.n_test)];
+    if let Some(f) = &train_flip {
+        checks.push(("train_flip", f, m.n_train));
+    }
+    for (name, f, n) in checks {
         let what = format!("{}: {name}", dir.display());
         ensure!(
             f.x.dim() == 2 && f.x.size() == [n, m.feature_dim],
@@ -227,7 +249,10 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
         let (lo, hi) = (f.y.min().int64_value(&[]), f.y.max().int64_value(&[]));
         ensure!(lo >= 0 && hi < classes, "{what} labels span {lo}..{hi}, outside the {classes} classes");
     }
-    Ok(FeatureSet { train, test, class_names: m.class_names, provenance: m.provenance })
+    if m.hflip != train_flip.is_some() {
+        bail!("{}: features.json says hflip={}, but the files disagree", dir.display(), m.hflip);
+    }
+    Ok(FeatureSet { train, test, train_flip, class_names: m.class_names, provenance: m.provenance })
 }
 
 /// npy reader with the bounds check tch's own lacks: the header's shape must match the
@@ -275,7 +300,8 @@ pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
     Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
 }
 
-pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
+/// Train, test and (when the file has `train_flip` rows) flipped-train features.
+pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features, Option<Features>)> {
     // Flexible: a ragged row is reported by our own check below, with its line.
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
@@ -290,8 +316,8 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
         3 + dim,
         header.len()
     );
-    let mut xs: [Vec<f32>; 2] = [Vec::new(), Vec::new()];
-    let mut ys: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+    let mut xs: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut ys: [Vec<i64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut rec = csv::StringRecord::new();
     let mut line = 1;
     loop {
@@ -311,7 +337,8 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
         let s = match &rec[0] {
             "train" => 0,
             "test" => 1,
-            other => bail!("{}: line {line}: split '{other}' is neither train nor test", path.display()),
+            "train_flip" => 2,
+            other => bail!("{}: line {line}: split '{other}' is not train, test or train_flip", path.display()),
         };
         let label = rec[2]
             .parse::<i64>()
@@ -328,5 +355,6 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features)> {
         let n = ys[i].len() as i64;
         Features { x: Tensor::from_slice(&xs[i]).view([n, dim]), y: Tensor::from_slice(&ys[i]) }
     };
-    Ok((make(0), make(1)))
+    let flip = (!ys[2].is_empty()).then(|| make(2));
+    Ok((make(0), make(1), flip))
 }

@@ -50,18 +50,31 @@ enum Tap {
     Classifier,
 }
 
-/// The taps of `spec` resolved against `net`; errors name the valid choices.
-fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<Tap>> {
+/// The taps of `spec` resolved against `net`, each with its pooling size (`name:K`
+/// overrides `--pool-size` for that tap); errors name the valid choices.
+fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64)>> {
     let names = net.body.stage_names();
     if spec.taps.is_empty() {
-        return Ok(vec![Tap::Stage(names.len() - 1)]);
+        return Ok(vec![(Tap::Stage(names.len() - 1), spec.pool_size)]);
     }
     let mut taps = Vec::new();
     for t in &spec.taps {
-        if t == "fc2" && net.arch.is_vgg() {
-            taps.push(Tap::Classifier);
-        } else if let Some(i) = names.iter().position(|n| n == t) {
-            taps.push(Tap::Stage(i));
+        let (name, size) = match t.split_once(':') {
+            Some((name, k)) => match k.parse::<i64>() {
+                Ok(k) if k > 0 => (name, k),
+                _ => {
+                    return Err(crate::UsageError(format!(
+                        "--features {t}: the pooling size after ':' must be a positive whole number"
+                    ))
+                    .into())
+                }
+            },
+            None => (t.as_str(), spec.pool_size),
+        };
+        if name == "fc2" && net.arch.is_vgg() {
+            taps.push((Tap::Classifier, size));
+        } else if let Some(i) = names.iter().position(|n| n == name) {
+            taps.push((Tap::Stage(i), size));
         } else {
             let extra = if net.arch.is_vgg() { ", fc2" } else { "" };
             return Err(crate::UsageError(format!(
@@ -76,11 +89,11 @@ fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<Tap>> {
 }
 
 /// The feature vector of a batch, under `mode`.
-fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[Tap], mode: BnMode) -> Tensor {
+fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
     let last_needed = net.body.stage_names().len() - 1;
     let until = taps
         .iter()
-        .map(|t| match t {
+        .map(|(t, _)| match t {
             Tap::Stage(i) => *i,
             Tap::Classifier => last_needed,
         })
@@ -89,8 +102,8 @@ fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[Tap], mode: Bn
     let stages = net.body.forward_stages(x, mode, until);
     let parts: Vec<Tensor> = taps
         .iter()
-        .map(|t| match t {
-            Tap::Stage(i) => pool(&stages[*i], spec.pool, spec.pool_size),
+        .map(|(t, k)| match t {
+            Tap::Stage(i) => pool(&stages[*i], spec.pool, *k),
             Tap::Classifier => net.body.classifier_features(&stages[until]).expect("VGG has a classifier"),
         })
         .collect();
@@ -124,14 +137,13 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
     tch::no_grad(|| {
         let x = Tensor::zeros([1, 3, input, input], (net.kind(), net.device()));
         let stages = net.body.forward_stages(&x, BnMode::Eval, net.body.stage_names().len() - 1);
-        for t in &taps {
+        for (t, k) in &taps {
             if let Tap::Stage(i) = t {
                 let size = stages[*i].size();
                 let (h, w) = (size[2], size[3]);
-                if spec.pool_size > h.min(w) {
+                if *k > h.min(w) {
                     return Err(crate::UsageError(format!(
-                        "--pool-size {} is larger than the {h}×{w} map of {} at {input}×{input} input",
-                        spec.pool_size,
+                        "--pool-size {k} is larger than the {h}×{w} map of {} at {input}×{input} input",
                         net.body.stage_names()[*i]
                     ))
                     .into());

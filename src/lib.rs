@@ -21,6 +21,7 @@ pub mod interrupt;
 pub mod models;
 pub mod pipeline;
 pub mod plot;
+pub mod presets;
 pub mod probe;
 pub mod progress;
 pub mod report;

@@ -6,7 +6,7 @@ use cnnprobe::commands;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cnnprobe::presets::expand(std::env::args_os().collect()));
     cnnprobe::interrupt::install();
     let result = match cli.command {
         Command::Run(args) => match args.into_config() {
@@ -27,7 +27,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Sweep(args) => cnnprobe::sweep::run(&args),
-        Command::Plot(args) => cnnprobe::plot::plot(&args.csv, &args.output, args.title.as_deref()),
+        Command::Plot(args) => {
+            let chart = cnnprobe::plot::Chart { by: &args.by, metric: &args.metric, title: args.title.as_deref() };
+            cnnprobe::plot::plot(&args.csv, &args.output, &chart)
+        }
         Command::Models => {
             cnnprobe::report::print_models();
             Ok(())

@@ -3,7 +3,7 @@
 //! feature files.
 use crate::config::{BnSetting, DatasetName, InputNorm, LabelSet, RunConfig, WeightsSource};
 use crate::data::cifar::{self, Cifar};
-use crate::data::{download, folder, normalize, split, Dataset};
+use crate::data::{download, folder, normalize, split, Dataset, Split};
 use crate::features::{self, Features, Precision, Preprocess};
 use crate::models::{pretrained, Network};
 use crate::probe::{self, metrics, ProbeSettings};
@@ -11,12 +11,15 @@ use crate::report::{self, frac, Row};
 use crate::{device, VERSION};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 /// Train and test features with what is needed to log them.
 pub struct FeatureSet {
     pub train: Features,
     pub test: Features,
+    /// Features of the horizontally flipped train images (`--hflip`), rows aligned with
+    /// `train`: extra training rows for the probe, never validation rows.
+    pub train_flip: Option<Features>,
     pub class_names: Vec<String>,
     /// How the features were made, as summary columns (dataset, arch, …, extract_s).
     pub provenance: Vec<(String, String)>,
@@ -37,6 +40,9 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
         Some(dir) => crate::cache::features(cfg, device, dir)?,
         None => extract_features(cfg, device)?,
     };
+    let mut set = set;
+    report::label(&mut set.provenance, "preset", cfg.preset.as_deref());
+    report::label(&mut set.provenance, "tag", cfg.tag.as_deref());
     let run_dir = report::create_run_dir(cfg.out.as_deref(), &cfg.short_name())?;
     report::write_json(&run_dir.join("config.json"), cfg)?;
     probe_and_report(&set, &cfg.probe, cfg.val_fraction, cfg.save_head.as_deref(), device, &run_dir, &cfg.summary)
@@ -88,9 +94,17 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     let (train, train_s) = features::extract(&net, spec, pre, &dataset.train, cfg.batch_size, "train")?;
     features::check_health(&net, pre, &dataset.train, &train.x, cfg.allow_degenerate)?;
     let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
+    let (train_flip, flip_s) = if cfg.hflip {
+        let flipped = Split { images: dataset.train.images.flip([3]), labels: dataset.train.labels.shallow_clone() };
+        let (f, secs) = features::extract(&net, spec, pre, &flipped, cfg.batch_size, "train, flipped")?;
+        (Some(f), secs)
+    } else {
+        (None, 0.0)
+    };
     let feature_dim = train.x.size()[1];
-    let extract_s = train_s + test_s;
-    let images_per_s = (dataset.train.len() + dataset.test.len()) as f64 / extract_s;
+    let extract_s = train_s + test_s + flip_s;
+    let images = dataset.train.len() * (1 + cfg.hflip as usize) + dataset.test.len();
+    let images_per_s = images as f64 / extract_s;
     eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
 
     let mut p = Row::default();
@@ -110,6 +124,8 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         .set("features", cfg.features.label())
         .set("pool", format!("{:?}", cfg.features.pool).to_lowercase())
         .set("pool_size", cfg.features.pool_size)
+        .set("width_mult", cfg.model.width_mult)
+        .set("hflip", cfg.hflip)
         .set("device", device::name(device))
         .set("threads", cfg.threads)
         .set("batch_size", cfg.batch_size)
@@ -117,7 +133,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         .set("feature_dim", feature_dim)
         .set("extract_s", format!("{extract_s:.1}"))
         .set("images_per_s", format!("{images_per_s:.1}"));
-    Ok(FeatureSet { train, test, class_names: dataset.class_names, provenance: p.0 })
+    Ok(FeatureSet { train, test, train_flip, class_names: dataset.class_names, provenance: p.0 })
 }
 
 /// Validation split → probe → test metrics → run directory files and a summary row.
@@ -132,18 +148,30 @@ pub fn probe_and_report(
 ) -> Result<Outcome> {
     let classes = set.class_names.len();
     let parts = split::stratified(&set.train.y, classes, val_fraction, s.seed);
-    let fit = select(&set.train, &parts.fit);
+    let mut fit = select(&set.train, &parts.fit);
     let val = select(&set.train, &parts.val);
-    let fitted = probe::fit(&fit, &val, classes, s, device)?;
-    // The only place the test split meets the head: after every choice is made.
-    let m = metrics::score(&fitted.head.logits(&set.test.x), &set.test.y, classes);
+    // Flipped copies of the fit rows train too; those of the validation rows join only the
+    // refit, so no view of a validation image is ever fitted before it is scored.
+    let mut refit_extra = None;
+    if let Some(flip) = &set.train_flip {
+        let f = select(flip, &parts.fit);
+        fit = Features { x: Tensor::cat(&[&fit.x, &f.x], 0), y: Tensor::cat(&[&fit.y, &f.y], 0) };
+        refit_extra = Some(select(flip, &parts.val));
+    }
+    let fitted = probe::fit(&fit, &val, refit_extra.as_ref(), classes, s, device)?;
+    // The only place the test split meets the head: after every choice is made, and never
+    // in a --val-only screening run.
+    let m = (!s.val_only).then(|| metrics::score(&fitted.head.logits(&set.test.x), &set.test.y, classes));
     if let Some(path) = save_head {
         fitted.head.save(path)?;
     }
     report::write_epochs(run_dir, &fitted.epochs)?;
     report::write_indices(&run_dir.join("val_indices.csv"), &parts.val)?;
     report::write_grid(run_dir, &fitted.grid, fitted.chosen_weight_decay)?;
-    report::write_per_class(run_dir, &set.class_names, &m)?;
+    if let Some(m) = &m {
+        report::write_per_class(run_dir, &set.class_names, m)?;
+    }
+    let test = |f: fn(&metrics::Metrics) -> f64| m.as_ref().map(|m| frac(f(m))).unwrap_or_default();
 
     let mut row = Row::default();
     row.set("finished_at", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
@@ -161,28 +189,36 @@ pub fn probe_and_report(
         .set("val_fraction", val_fraction)
         .set("best_epoch", fitted.best_epoch)
         .set("refit", fitted.refit)
-        .set("n_train", parts.fit.len())
+        .set("n_train", fit.y.size()[0])
         .set("n_val", parts.val.len())
         .set("n_test", set.test.y.size()[0])
         .set("val_acc", frac(fitted.val_acc))
-        .set("test_top1", frac(m.top1))
-        .set("test_top5", frac(m.top5))
-        .set("mean_per_class_recall", frac(m.mean_per_class_recall))
+        .set("val_only", s.val_only)
+        .set("test_top1", test(|m| m.top1))
+        .set("test_top5", test(|m| m.top5))
+        .set("mean_per_class_recall", test(|m| m.mean_per_class_recall))
         .set("fit_s", format!("{:.1}", fitted.fit_s))
         .set("run_dir", run_dir.display())
         .set("cnnprobe_version", VERSION)
         .set("libtorch_version", report::LIBTORCH_VERSION);
     row.write_single(&run_dir.join("result.csv"))?;
     row.append_to(summary)?;
-    eprintln!(
-        "probe: val_acc {:.4} (weight decay {:.3e}); test top1 {:.4} top5 {:.4} → {}",
-        fitted.val_acc,
-        fitted.chosen_weight_decay,
-        m.top1,
-        m.top5,
-        run_dir.display()
-    );
-    Ok(Outcome { run_dir: run_dir.to_path_buf(), val_acc: fitted.val_acc, test_top1: m.top1, test_top5: m.top5 })
+    let (top1, top5) = m.as_ref().map(|m| (m.top1, m.top5)).unwrap_or((f64::NAN, f64::NAN));
+    match &m {
+        Some(_) => eprintln!(
+            "probe: val_acc {:.4} (weight decay {:.3e}); test top1 {top1:.4} top5 {top5:.4} → {}",
+            fitted.val_acc,
+            fitted.chosen_weight_decay,
+            run_dir.display()
+        ),
+        None => eprintln!(
+            "probe: val_acc {:.4} (weight decay {:.3e}); test not scored (--val-only) → {}",
+            fitted.val_acc,
+            fitted.chosen_weight_decay,
+            run_dir.display()
+        ),
+    }
+    Ok(Outcome { run_dir: run_dir.to_path_buf(), val_acc: fitted.val_acc, test_top1: top1, test_top5: top5 })
 }
 
 /// The frozen network: drawn from the seed, or loaded from pretrained weights, then moved

@@ -1,5 +1,6 @@
-//! `cnnprobe plot`: test top-1 per architecture, random weights (mean ± sd over seeds)
-//! beside pretrained, from a summary or sweep CSV, as SVG or PNG.
+//! `cnnprobe plot`: test top-1 (or another metric column) per architecture (or another
+//! grouping column), random weights (mean ± sd over seeds) beside pretrained, from a
+//! summary or sweep CSV, as SVG or PNG.
 use crate::report::mean_sd;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
@@ -16,18 +17,35 @@ struct Group {
     pretrained_note: Option<String>,
 }
 
-fn read_groups(csv_path: &Path) -> Result<Vec<Group>> {
+/// What to chart: bars grouped by the `by` column, heights from the `metric` column.
+pub struct Chart<'a> {
+    pub by: &'a str,
+    pub metric: &'a str,
+    pub title: Option<&'a str>,
+}
+
+/// Groups in order of first appearance in the CSV.
+fn read_groups(csv_path: &Path, chart: &Chart) -> Result<Vec<Group>> {
     let mut rdr = csv::Reader::from_path(csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;
     let h = rdr.headers().with_context(|| format!("{}: unreadable header", csv_path.display()))?.clone();
     let col = |name: &str| h.iter().position(|c| c == name);
-    let (Some(arch), Some(weights), Some(top1)) = (col("arch"), col("weights"), col("test_top1")) else {
-        bail!("{}: needs the columns arch, weights and test_top1 (a summary or sweep CSV)", csv_path.display());
+    let (Some(arch), Some(weights), Some(top1)) = (col(chart.by), col("weights"), col(chart.metric)) else {
+        bail!(
+            "{}: needs the columns {}, weights and {} (a summary or sweep CSV)",
+            csv_path.display(),
+            chart.by,
+            chart.metric
+        );
     };
     let status = col("status");
+    let mut order: Vec<String> = Vec::new();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {} is not valid CSV", csv_path.display(), i + 2))?;
-        let label = rec[arch].to_string();
+        let label = rec.get(arch).unwrap_or("").to_string();
+        if !groups.contains_key(&label) {
+            order.push(label.clone());
+        }
         let g = groups.entry(label.clone()).or_insert(Group {
             label,
             random: vec![],
@@ -52,17 +70,24 @@ fn read_groups(csv_path: &Path) -> Result<Vec<Group>> {
         }
     }
     groups.retain(|_, g| !g.random.is_empty() || !g.pretrained.is_empty() || g.pretrained_note.is_some());
-    ensure!(!groups.is_empty(), "{}: no rows with a test_top1 to plot", csv_path.display());
-    Ok(groups.into_values().collect())
+    ensure!(!groups.is_empty(), "{}: no rows with a {} to plot", csv_path.display(), chart.metric);
+    Ok(order.iter().filter_map(|l| groups.remove(l)).collect())
 }
 
 /// Draws the chart to `out` (.svg or .png, by extension).
-pub fn plot(csv_path: &Path, out: &Path, title: Option<&str>) -> Result<()> {
-    let groups = read_groups(csv_path)?;
+pub fn plot(csv_path: &Path, out: &Path, chart: &Chart) -> Result<()> {
+    let groups = read_groups(csv_path, chart)?;
     let ext = out.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    let title =
-        title.map(String::from).unwrap_or_else(|| "Linear-probe test top-1: random vs pretrained weights".into());
-    let size = ((260 * groups.len() as u32 + 200).max(760), 520);
+    let title = chart
+        .title
+        .map(String::from)
+        .unwrap_or_else(|| format!("Linear probe, {}: random vs pretrained weights", metric_name(chart.metric)));
+    // Charts with only one kind of weights get one bar per group, and need less room.
+    let both = groups.iter().any(|g| !g.pretrained.is_empty() || g.pretrained_note.is_some());
+    let per_group = if both { 260 } else { 110 };
+    let label_area =
+        if groups.len() > 6 { 40 + 7 * groups.iter().map(|g| g.label.len() as u32).max().unwrap_or(0) } else { 40 };
+    let size = ((per_group * groups.len() as u32 + 200).max(760), 480 + label_area);
     // Write beside the destination, then rename: a chart is complete or absent.
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -72,11 +97,12 @@ pub fn plot(csv_path: &Path, out: &Path, title: Option<&str>) -> Result<()> {
     }
     register_font()?;
     match ext.as_str() {
-        "svg" => draw(SVGBackend::new(&tmp, size).into_drawing_area(), &groups, &title)?,
+        "svg" => draw(SVGBackend::new(&tmp, size).into_drawing_area(), &groups, &title, chart.metric, label_area)?,
         _ => {
             // Render into memory, encode with the image crate cnnprobe already uses.
             let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
-            draw(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(), &groups, &title)?;
+            let area = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+            draw(area, &groups, &title, chart.metric, label_area)?;
             image::save_buffer_with_format(&tmp, &rgb, size.0, size.1, image::ColorType::Rgb8, image::ImageFormat::Png)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
@@ -105,7 +131,18 @@ fn register_font() -> Result<()> {
     bail!("charts need a TrueType font (e.g. Debian's fonts-dejavu-core); none found in the usual places")
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, groups: &[Group], title: &str) -> Result<()>
+/// "test top-1" for test_top1, "val acc" for val_acc, …
+fn metric_name(metric: &str) -> String {
+    metric.replace("_top", " top-").replace('_', " ")
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    groups: &[Group],
+    title: &str,
+    metric: &str,
+    label_area: u32,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -129,7 +166,7 @@ where
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(16)
-        .x_label_area_size(40)
+        .x_label_area_size(label_area)
         .y_label_area_size(56)
         // Segments 0..=n-1, one per group.
         .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..ymax)
@@ -137,7 +174,12 @@ where
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .y_desc("test top-1 (%)")
+        .y_desc(format!("{} (%)", metric_name(metric)))
+        .x_label_style(if label_area > 40 {
+            ("sans-serif", 13).into_font().transform(FontTransform::Rotate90)
+        } else {
+            ("sans-serif", 13).into_font()
+        })
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) if *i < n => groups[*i].label.clone(),
             _ => String::new(),
@@ -152,11 +194,20 @@ where
     let px1 = area.get_pixel_range().0.end;
     let y = |v: f64| area.map_coordinate(&(SegmentValue::Exact(0), v)).1;
     let x = |i: usize| area.map_coordinate(&(SegmentValue::Exact(i), 0.0)).0 as f64;
+    let both = groups.iter().any(|g| !g.pretrained.is_empty() || g.pretrained_note.is_some());
     for (i, g) in groups.iter().enumerate() {
         let (x0, width) = (x(i), if i + 1 < n { x(i + 1) - x(i) } else { px1 as f64 - x(i) });
-        for (k, values, color) in [(0, &g.random, random_color), (1, &g.pretrained, pre_color)] {
-            let (l, r) =
-                ((x0 + width * (0.15 + 0.36 * k as f64)) as i32, (x0 + width * (0.47 + 0.36 * k as f64)) as i32);
+        let kinds: &[(usize, &Vec<f64>, RGBColor)] = if both {
+            &[(0, &g.random, random_color), (1, &g.pretrained, pre_color)]
+        } else {
+            &[(0, &g.random, random_color)]
+        };
+        for &(k, values, color) in kinds {
+            let (l, r) = if both {
+                ((x0 + width * (0.15 + 0.36 * k as f64)) as i32, (x0 + width * (0.47 + 0.36 * k as f64)) as i32)
+            } else {
+                ((x0 + width * 0.2) as i32, (x0 + width * 0.8) as i32)
+            };
             if values.is_empty() {
                 let label = match (k, &g.pretrained_note) {
                     (1, Some(note)) => note.as_str(),
@@ -188,9 +239,8 @@ where
     }
     // Legend.
     let (lx, ly) = (px1 - 230, 50);
-    for (k, (name, color)) in
-        [("random (mean ± sd over seeds)", random_color), ("pretrained (ImageNet)", pre_color)].into_iter().enumerate()
-    {
+    let legend = [("random (mean ± sd over seeds)", random_color), ("pretrained (ImageNet)", pre_color)];
+    for (k, (name, color)) in legend.into_iter().take(if both { 2 } else { 1 }).enumerate() {
         let yy = ly + 20 * k as i32;
         root.draw(&Rectangle::new([(lx, yy), (lx + 14, yy + 12)], color.filled())).map_err(err)?;
         root.draw(&Text::new(name, (lx + 20, yy), ("sans-serif", 13).into_font().color(&BLACK))).map_err(err)?;

@@ -194,6 +194,13 @@ pub fn print_models() {
     println!("(pooled with --pool avg|max|avgmax over --pool-size K×K cells, then concatenated) or fc2 (VGG).");
     println!("Init (--init): torchvision (default; the family's torchvision formulas), pytorch-default,");
     println!("kaiming-normal, xavier-uniform, orthogonal, normal:STD, uniform:A. Drawn on the CPU from --seed.");
+    println!();
+    println!("Presets (run --preset NAME; flags given on the command line override them):");
+    for p in crate::presets::PRESETS {
+        println!("  {}: {}", p.name, p.about);
+        println!("    flags: {}", p.flags.join(" "));
+        println!("    with random weights also: {}", p.random_only.join(" "));
+    }
 }
 
 /// `cnnprobe info`.
@@ -210,4 +217,11 @@ pub fn print_info() {
     } else {
         println!("cuda: not available");
     }
+}
+
+/// Sets a run label (`tag`, `preset`) in the summary columns. Labels are added after the
+/// features are made or read from the cache, so a cached entry never carries an old one.
+pub fn label(provenance: &mut Vec<(String, String)>, key: &str, value: Option<&str>) {
+    provenance.retain(|(k, _)| k != key);
+    provenance.push((key.into(), value.unwrap_or_default().into()));
 }

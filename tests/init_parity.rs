@@ -8,7 +8,14 @@ use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::process::Command;
 
 fn model(arch: Arch, seed: u64) -> ModelConfig {
-    ModelConfig { arch, stem: Stem::Imagenet, init: InitScheme::Torchvision, zero_init_residual: false, seed }
+    ModelConfig {
+        arch,
+        stem: Stem::Imagenet,
+        init: InitScheme::Torchvision,
+        zero_init_residual: false,
+        seed,
+        width_mult: 1.0,
+    }
 }
 
 fn check(arch: Arch, seed: u64) {

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 const PRE: Preprocess = Preprocess { stats: normalize::CIFAR10, input_size: 32, precision: Precision::Fp32 };
 
 fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
-    ModelConfig { arch, stem, init, zero_init_residual: false, seed }
+    ModelConfig { arch, stem, init, zero_init_residual: false, seed, width_mult: 1.0 }
 }
 
 #[test]
@@ -134,6 +134,29 @@ fn taps_and_pooling_give_documented_dimensions() {
     let vgg = Network::build(&cfg(Arch::Vgg11, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
     assert_eq!(features::feature_dim(&vgg, &spec(&[], Pool::Avg, 1), 32).unwrap(), 512);
     assert_eq!(features::feature_dim(&vgg, &spec(&["fc2"], Pool::Avg, 1), 32).unwrap(), 4096);
+    // `name:K` pools one tap K×K; --width-mult scales every stage's channels.
+    assert_eq!(
+        features::feature_dim(&vgg, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(),
+        64 * 16 + 128 * 4
+    );
+    let wide =
+        Network::build(&ModelConfig { width_mult: 2.0, ..cfg(Arch::Vgg11, Stem::Cifar, InitScheme::Torchvision, 0) })
+            .unwrap();
+    assert_eq!(
+        features::feature_dim(&wide, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(),
+        2 * (64 * 16 + 128 * 4)
+    );
+    assert_eq!(features::feature_dim(&wide, &spec(&[], Pool::Avg, 1), 32).unwrap(), 1024);
+    let narrow = Network::build(&ModelConfig {
+        width_mult: 0.5,
+        ..cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)
+    })
+    .unwrap();
+    assert_eq!(features::feature_dim(&narrow, &spec(&[], Pool::Avg, 1), 32).unwrap(), 256);
+    let err = features::feature_dim(&vgg, &spec(&["block1:0"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    assert_eq!(err, "--features block1:0: the pooling size after ':' must be a positive whole number");
+    let err = features::feature_dim(&vgg, &spec(&["block5:2"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    assert_eq!(err, "--pool-size 2 is larger than the 1×1 map of block5 at 32×32 input");
     let r20 = Network::build(&cfg(Arch::Resnet20, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
     assert_eq!(features::feature_dim(&r20, &spec(&[], Pool::Avg, 1), 32).unwrap(), 64);
     // He et al.'s ResNet-20 has 269,722 parameters (conv, BN affine, fc to 10 classes).

@@ -38,8 +38,14 @@ fn check(arch: Arch) {
         return;
     };
     // A different seed than the fixture's, so only loading can make the outputs match.
-    let cfg =
-        ModelConfig { arch, stem: Stem::Imagenet, init: InitScheme::Torchvision, zero_init_residual: false, seed: 99 };
+    let cfg = ModelConfig {
+        arch,
+        stem: Stem::Imagenet,
+        init: InitScheme::Torchvision,
+        zero_init_residual: false,
+        seed: 99,
+        width_mult: 1.0,
+    };
     let mut net = Network::build(&cfg).unwrap();
     net.load_weights(&dir.join(format!("{}.pth", arch.name()))).unwrap();
     let arrays: std::collections::HashMap<String, Tensor> =

@@ -11,8 +11,14 @@ use std::process::Command;
 /// A torchvision-layout resnet18 state dict (seed 5) at TORCH_HOME's checkpoint path.
 /// Written as safetensors: the loader recognises the content whatever the file name.
 fn place_checkpoint(torch_home: &Path, arch: Arch, seed: u64) {
-    let cfg =
-        ModelConfig { arch, stem: Stem::Imagenet, init: InitScheme::Torchvision, zero_init_residual: false, seed };
+    let cfg = ModelConfig {
+        arch,
+        stem: Stem::Imagenet,
+        init: InitScheme::Torchvision,
+        zero_init_residual: false,
+        seed,
+        width_mult: 1.0,
+    };
     let net = Network::build(&cfg).unwrap();
     let dir = torch_home.join("hub/checkpoints");
     std::fs::create_dir_all(&dir).unwrap();

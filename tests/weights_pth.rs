@@ -174,6 +174,7 @@ torch.save(sd, 'bad.pth')
         init: InitScheme::Torchvision,
         zero_init_residual: false,
         seed: 1,
+        width_mult: 1.0,
     };
     let net = Network::random(&cfg, Device::Cpu).unwrap();
     load_into(&net.vs, read_state_dict(&pth).unwrap(), &pth).unwrap();

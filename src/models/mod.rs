@@ -181,6 +181,19 @@ pub struct ModelConfig {
     pub init: InitScheme,
     pub zero_init_residual: bool,
     pub seed: u64,
+    /// Channel multiplier of every conv (1 = torchvision's widths; random weights only).
+    /// Left out of the JSON at 1, so feature-cache keys from before the flag still match.
+    #[serde(skip_serializing_if = "is_one")]
+    pub width_mult: f64,
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
+/// `c` channels scaled by `--width-mult`, at least one.
+pub fn scaled(c: i64, mult: f64) -> i64 {
+    ((c as f64 * mult).round() as i64).max(1)
 }
 
 static SEEDED_DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -205,9 +218,11 @@ impl Network {
         tch::manual_seed(cfg.seed as i64);
         let body: Box<dyn Backbone> = if cfg.arch.is_vgg() {
             let depth = cfg.arch.name()[3..5].parse().expect("vgg depth");
-            Box::new(vgg::Vgg::new(&root, depth, cfg.arch.name().ends_with("_bn"), cfg.stem, 1000))
+            Box::new(vgg::Vgg::new(&root, depth, cfg.arch.name().ends_with("_bn"), cfg.stem, 1000, cfg.width_mult))
         } else {
-            let net = ResNet::new(&root, &resnet_spec(cfg.arch, cfg.stem));
+            let mut spec = resnet_spec(cfg.arch, cfg.stem);
+            spec.width = scaled(spec.width, cfg.width_mult);
+            let net = ResNet::new(&root, &spec);
             Box::new(net)
         };
         init::apply(cfg.init, cfg.arch.family(), body.built_sites(), &body.module_sites());

@@ -2,7 +2,7 @@
 //! with torchvision's state-dict names (`features.N`, `classifier.0/3/6`).
 use super::init::Family;
 use super::layers::{BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
-use super::{Backbone, Stem};
+use super::{scaled, Backbone, Stem};
 use tch::{nn, Tensor};
 
 /// Channels per conv, grouped into the five blocks that each end in a 2×2 max-pool.
@@ -28,8 +28,8 @@ pub struct Vgg {
 impl Vgg {
     /// `stem`: `imagenet` keeps torchvision's adaptive 7×7 average pool before the
     /// classifier (so fc1 takes 512·7·7); `cifar` drops it (fc1 takes the 512·1·1 map of a
-    /// 32×32 input).
-    pub fn new(p: &nn::Path, depth: usize, batch_norm: bool, stem: Stem, num_classes: i64) -> Self {
+    /// 32×32 input). `width_mult` scales every conv's channels (1 = torchvision's).
+    pub fn new(p: &nn::Path, depth: usize, batch_norm: bool, stem: Stem, num_classes: i64, width_mult: f64) -> Self {
         let f = p / "features";
         let mut index = 0;
         let mut c_in = 3;
@@ -38,6 +38,7 @@ impl Vgg {
         for block in config(depth) {
             let mut units = Vec::new();
             for c in block {
+                let c = scaled(c, width_mult);
                 let conv = Conv2d::new(&f / index, c_in, c, 3, 1, 1, true);
                 built.push(conv.site());
                 let bn = batch_norm.then(|| BatchNorm2d::new(&f / (index + 1), c));
@@ -50,7 +51,7 @@ impl Vgg {
             blocks.push(units);
         }
         let c = p / "classifier";
-        let fc_in = if stem == Stem::Imagenet { 512 * 7 * 7 } else { 512 };
+        let fc_in = if stem == Stem::Imagenet { c_in * 7 * 7 } else { c_in };
         let fc1 = Linear::new(&c / 0, fc_in, 4096);
         let fc2 = Linear::new(&c / 3, 4096, 4096);
         let fc3 = Linear::new(&c / 6, 4096, num_classes);

@@ -63,6 +63,8 @@ pub struct ProbeSettings {
     /// L-BFGS iteration cap per fit.
     pub max_iter: usize,
     pub seed: u64,
+    /// Stop after the search: no refit, and the caller never scores the test split.
+    pub val_only: bool,
 }
 
 /// One row of epochs.csv.
@@ -179,8 +181,16 @@ fn place(x: &Tensor, device: Device) -> Tensor {
     }
 }
 
-/// Fits the head on `fit`, using `val` only to choose (regularisation, epoch).
-pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, device: Device) -> Result<Fitted> {
+/// Fits the head on `fit`, using `val` only to choose (regularisation, epoch). The refit
+/// on train+val also gets `refit_extra` (e.g. flipped views of the validation images).
+pub fn fit(
+    fit: &Features,
+    val: &Features,
+    refit_extra: Option<&Features>,
+    classes: usize,
+    s: &ProbeSettings,
+    device: Device,
+) -> Result<Fitted> {
     ensure!(fit.x.size()[0] > 0, "the training split is empty");
     ensure!(val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
     let start = Instant::now();
@@ -249,10 +259,36 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
     }
     let chosen = best_point(&grid);
     let val_acc = grid.iter().filter(|g| g.weight_decay == chosen).map(|g| g.val_acc).fold(f64::MIN, f64::max);
+    let warm = nearest(&solutions, chosen);
+    if s.val_only {
+        // A study's screening run: the head fitted on the fit part, no refit.
+        let (w, b) = match warm {
+            Some(wb) => wb,
+            None => {
+                let (w, b, ..) = solve((&x, &y), None, c, chosen, s, device, None)?;
+                (w, b)
+            }
+        };
+        return Ok(Fitted {
+            head: Head { w, b, scaler },
+            chosen_weight_decay: chosen,
+            grid,
+            epochs: Vec::new(),
+            best_epoch: 0,
+            val_acc,
+            refit: false,
+            fit_s: start.elapsed().as_secs_f64(),
+        });
+    }
+    // The search's matrices are as large as the features: free them before the refit's.
+    drop((basis, solutions, x, xv));
 
     // Refit on train+val with the chosen strength; scaling from all of train.
-    let all_x = Tensor::cat(&[&x_raw, &xv_raw], 0);
-    let all_y = Tensor::cat(&[&y, &yv], 0);
+    let (mut all_x, mut all_y) = (Tensor::cat(&[&x_raw, &xv_raw], 0), Tensor::cat(&[&y, &yv], 0));
+    if let Some(extra) = refit_extra {
+        all_x = Tensor::cat(&[all_x, place(&extra.x, device)], 0);
+        all_y = Tensor::cat(&[all_y, place(&extra.y, device)], 0);
+    }
     let scaler = Scaler::fit(&all_x, s.normalize);
     let ax = scaler.apply(&all_x);
     let mut refit_settings = s.clone();
@@ -261,7 +297,7 @@ pub fn fit(fit: &Features, val: &Features, classes: usize, s: &ProbeSettings, de
         refit_settings.epochs =
             grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
     }
-    let warm = nearest(&solutions, chosen);
+    drop((x_raw, xv_raw, all_x));
     let (w, b, epochs, best_epoch, _, _) = solve((&ax, &all_y), None, c, chosen, &refit_settings, device, warm)?;
     Ok(Fitted {
         head: Head { w, b, scaler },

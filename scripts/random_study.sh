@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The random-features study behind `--preset random-best` (issue 7), run with cnnprobe itself.
+#
+#   ./scripts/random_study.sh CIFAR10_DIR            # screening, then the finalists
+#   STAGE=screen ./scripts/random_study.sh DIR       # screening only
+#
+# Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
+# validation split carved from train (seed 0), and the test split is never scored. Only the
+# finalists (the preset, seeds 0-2) are scored on test, once each. Every run appends one row
+# to results/random_study.csv with its lever in the `tag` column; a row already there is not
+# run again, so the script resumes after an interruption.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+data=${1:?usage: random_study.sh CIFAR10_DIR (cifar-10-batches-bin or its parent)}
+stage=${STAGE:-all}
+"$here/setup.sh" >/dev/null
+source "$here/env.sh"
+cd "$CNNPROBE_ROOT"
+cargo build --release --quiet
+bin=$CNNPROBE_ROOT/target/release/cnnprobe
+csv=results/random_study.csv
+runs=results/runs/random_study
+mkdir -p "$runs"
+
+done_tag() { [[ -f $csv ]] && tail -n +2 "$csv" | grep -q ",$1,"; }
+
+# screen TAG FLAGS...: one validation-only run of seed 0 with the L-BFGS probe.
+screen() {
+  local tag=$1
+  shift
+  done_tag "$tag" && return 0
+  echo "== $tag: $*"
+  "$bin" run --dataset cifar10 --data "$data" --seed 0 --solver lbfgs --wd-search --val-only \
+    --summary "$csv" --tag "$tag" --out "$runs/$tag" "$@"
+}
+
+# The base point each lever is varied from.
+base=(--arch vgg11 --stem cifar --width-mult 4 --features block1:4,block2:2)
+if [[ $stage == all || $stage == screen ]]; then
+  # Depth and taps: the early stages keep the spatial detail a deep random net loses.
+  screen taps-vgg11-w4-block1:4+block2:2 "${base[@]}"
+  # Flip augmentation in feature space.
+  screen hflip "${base[@]}" --hflip
+  # Pooling operator.
+  screen pool-max "${base[@]}" --pool max
+  screen taps-vgg11-w4-block2:4 --arch vgg11 --stem cifar --width-mult 4 --features block2:4
+  screen taps-vgg11-w4-block1:4 --arch vgg11 --stem cifar --width-mult 4 --features block1:4
+  screen taps-vgg11-w4-block1:4+block2:2+block3:1 --arch vgg11 --stem cifar --width-mult 4 \
+    --features block1:4,block2:2,block3:1
+  # Width.
+  screen width-vgg11-w1 --arch vgg11 --stem cifar --width-mult 1 --features block1:4,block2:2
+  screen width-vgg11-w2 --arch vgg11 --stem cifar --width-mult 2 --features block1:4,block2:2
+  # Feature normalisation in the probe.
+  screen norm-l2 "${base[@]}" --normalize l2
+  screen norm-none "${base[@]}" --normalize none
+  # Init scheme; a bias-free ReLU net is positively homogeneous, so the gain alone cannot matter.
+  screen init-orthogonal "${base[@]}" --init orthogonal
+  screen init-normal:0.01 "${base[@]}" --init normal:0.01
+  # BN statistics calibrated on train images (vgg11_bn; at init BN is the identity).
+  screen bn-calibrate:5000 --arch vgg11_bn --stem cifar --width-mult 4 --features block1:4,block2:2 \
+    --bn calibrate:5000
+  # Depth and stem: torchvision's networks as they are, and ResNet-18's early stages.
+  screen baseline-resnet18-gap --arch resnet18 --stem cifar
+  screen baseline-vgg11-gap --arch vgg11 --stem cifar
+  screen taps-resnet18-layer1:4+layer2:2 --arch resnet18 --stem cifar --features layer1:4,layer2:2
+  screen baseline-resnet18-imagenet-stem-gap --arch resnet18 --stem imagenet
+fi
+
+# Finalists: the preset, three seeds, scored on test once each.
+if [[ $stage == all || $stage == final ]]; then
+  for seed in 0 1 2; do
+    tag=final-random-best-s$seed
+    done_tag "$tag" && continue
+    echo "== $tag"
+    "$bin" run --preset random-best --dataset cifar10 --data "$data" --seed "$seed" \
+      --summary "$csv" --tag "$tag" --out "$runs/$tag"
+  done
+fi

@@ -1,0 +1,104 @@
+//! Named bundles of `run` flags (`--preset NAME`). A preset's flags are inserted before the
+//! user's, so any flag given on the command line wins. Each preset's flags come from a
+//! study whose every row is in `results/` (see README, "How good are untrained CNN
+//! features?").
+use std::ffi::OsString;
+
+pub struct Preset {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Flags for every weight source.
+    pub flags: &'static [&'static str],
+    /// Flags that only apply to random weights (pretrained checkpoints fix widths and stem).
+    pub random_only: &'static [&'static str],
+}
+
+pub const PRESETS: &[Preset] = &[Preset {
+    name: "random-best",
+    about: "the best untrained-feature recipe of results/random_study.csv: VGG-11 (torchvision init, \
+            no data in the weights) 4× wide, block1 pooled 4×4 + block2 pooled 2×2, flipped train \
+            images as extra rows, L-BFGS probe with the L2 strength chosen on validation",
+    flags: &["--arch", "vgg11", "--features", "block1:4,block2:2", "--hflip", "--solver", "lbfgs", "--wd-search"],
+    random_only: &["--stem", "cifar", "--width-mult", "4"],
+}];
+
+pub fn find(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name)
+}
+
+/// `--preset` values for clap.
+pub fn parse(name: &str) -> Result<String, String> {
+    match find(name) {
+        Some(p) => Ok(p.name.to_string()),
+        None => Err(format!(
+            "no preset '{name}'; choose from {}",
+            PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// The value of `--flag V` or `--flag=V` in `args`, if given (the last one wins, as in clap).
+fn value_of(args: &[OsString], flag: &str) -> Option<String> {
+    let mut found = None;
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if a == flag {
+            found = it.next().map(|v| v.into_owned());
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+/// Inserts the flags of `run --preset NAME` right after `run`, before the user's own flags
+/// (which then override them). An unknown name is left for clap to report.
+pub fn expand(args: Vec<OsString>) -> Vec<OsString> {
+    if args.get(1).is_none_or(|a| a != "run") {
+        return args;
+    }
+    let Some(preset) = value_of(&args[2..], "--preset").and_then(|n| find(&n)) else {
+        return args;
+    };
+    let random = value_of(&args[2..], "--weights").is_none_or(|w| w == "random");
+    let mut out: Vec<OsString> = args[..2].to_vec();
+    out.extend(preset.flags.iter().map(OsString::from));
+    if random {
+        out.extend(preset.random_only.iter().map(OsString::from));
+    }
+    out.extend(args[2..].iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn user_flags_come_after_the_preset() {
+        let out = expand(os(&["cnnprobe", "run", "--preset", "random-best", "--width-mult", "2"]));
+        let pos = |f: &str| out.iter().rposition(|a| a == f).unwrap();
+        assert!(pos("--width-mult") > pos("--hflip"));
+        assert_eq!(out.last().unwrap(), "2");
+        assert_eq!(out.iter().filter(|a| *a == "--width-mult").count(), 2);
+    }
+
+    #[test]
+    fn pretrained_weights_drop_the_random_only_flags() {
+        let out = expand(os(&["cnnprobe", "run", "--preset=random-best", "--weights", "imagenet"]));
+        assert!(out.iter().all(|a| a != "--width-mult" && a != "--stem"));
+        assert!(out.iter().any(|a| a == "--hflip"));
+    }
+
+    #[test]
+    fn other_commands_and_unknown_presets_are_untouched() {
+        let a = os(&["cnnprobe", "extract", "--preset", "random-best"]);
+        assert_eq!(expand(a.clone()), a);
+        let b = os(&["cnnprobe", "run", "--preset", "nope"]);
+        assert_eq!(expand(b.clone()), b);
+    }
+}

@@ -1,0 +1,128 @@
+//! The random-features levers of issue 7 through the real binary: flip augmentation,
+//! validation-only screening runs, `--tag`, `--preset`, and study charts.
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const FAST: &[&str] = &["--device", "cpu", "--threads", "2", "--batch-size", "64"];
+
+/// A CIFAR-10 folder whose second train image is the mirror image of the first.
+fn write_mirrored(dir: &Path) -> std::path::PathBuf {
+    let folder = write_cifar10(dir, 20, 20);
+    let path = folder.join("data_batch_1.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let rec = 3073;
+    let first = bytes[..rec].to_vec();
+    for c in 0..3 {
+        for y in 0..32 {
+            for x in 0..32 {
+                bytes[rec + 1 + c * 1024 + y * 32 + x] = first[1 + c * 1024 + y * 32 + (31 - x)];
+            }
+        }
+    }
+    std::fs::write(&path, bytes).unwrap();
+    folder
+}
+
+fn summary_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut rdr = csv::Reader::from_path(path).unwrap();
+    let h = rdr.headers().unwrap().clone();
+    rdr.records()
+        .map(|r| h.iter().zip(r.unwrap().iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        .collect()
+}
+
+#[test]
+fn hflip_features_are_those_of_the_mirrored_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mirrored(tmp.path());
+    let mut args = vec!["extract", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
+    args.extend(["--features", "block1:4,block2:2", "--hflip", "--format", "npy", "--output", "f"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |name: &str| cnnprobe::export::read_npy(&tmp.path().join("f").join(name), tch::Kind::Float).unwrap();
+    let (train, flip) = (read("train_features.npy"), read("train_flip_features.npy"));
+    assert_eq!(train.size(), [100, 64 * 16 + 128 * 4]);
+    assert_eq!(flip.size(), train.size());
+    // Image 1 is image 0 mirrored, so the flipped view of image 0 is image 1 itself.
+    let (a, b) = (flip.get(0), train.get(1));
+    assert!(a.allclose(&b, 1e-5, 1e-5, false), "flipped features of image 0 differ from image 1's");
+    assert!(!flip.get(2).allclose(&train.get(2), 1e-3, 1e-3, false), "flipping changed nothing");
+    let manifest = std::fs::read_to_string(tmp.path().join("f/features.json")).unwrap();
+    assert!(manifest.contains("\"hflip\": true"), "{manifest}");
+
+    // `fit` reads the flipped rows back and trains on them: twice the fit rows.
+    let o = cnnprobe(tmp.path(), &["fit", "f", "--solver", "lbfgs", "--out", "r", "--summary", "s.csv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    assert_eq!(row["n_train"], "180");
+    assert_eq!(row["n_val"], "10");
+}
+
+#[test]
+fn val_only_runs_never_score_the_test_split_and_carry_their_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 20, 20);
+    let mut args = vec!["run", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
+    args.extend(["--width-mult", "0.5", "--features", "block1:2,block2:1", "--solver", "lbfgs", "--wd-search"]);
+    args.extend(["--val-only", "--hflip", "--tag", "lever-a", "--out", "r", "--summary", "s.csv"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("test not scored (--val-only)"));
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    assert_eq!(row["tag"], "lever-a");
+    assert_eq!(row["val_only"], "true");
+    assert_eq!(row["test_top1"], "");
+    assert_eq!(row["refit"], "false");
+    assert_eq!(row["width_mult"], "0.5");
+    assert_eq!(row["feature_dim"], (32 * 4 + 64).to_string());
+    assert_eq!(row["n_train"], "180");
+    assert!(row["val_acc"].parse::<f64>().unwrap() > 0.0);
+    assert!(!tmp.path().join("r/per_class.csv").exists(), "per-class test accuracy of a val-only run");
+    assert!(tmp.path().join("r/wd_search.csv").exists());
+
+    // The study chart: validation accuracy by tag.
+    let o = cnnprobe(tmp.path(), &["plot", "s.csv", "--by", "tag", "--metric", "val_acc", "-o", "c.svg"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(tmp.path().join("c.svg")).unwrap();
+    assert!(svg.contains("lever-a") && svg.contains("val acc (%)"));
+}
+
+#[test]
+fn preset_sets_the_recipe_and_command_line_flags_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 10);
+    let base = ["run", "--preset", "random-best", "--data", data.to_str().unwrap(), "--summary", "s.csv"];
+    let mut args = base.to_vec();
+    // Narrower and one tap, so the fixture run stays fast; the rest comes from the preset.
+    args.extend(["--width-mult", "0.25", "--features", "block1:2", "--out", "r"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    for (col, want) in [
+        ("preset", "random-best"),
+        ("arch", "vgg11"),
+        ("stem", "cifar"),
+        ("width_mult", "0.25"),
+        ("features", "block1:2"),
+        ("feature_dim", "64"),
+        ("hflip", "true"),
+        ("solver", "lbfgs"),
+        ("wd_search", "true"),
+    ] {
+        assert_eq!(row[col], want, "column {col}");
+    }
+    assert!(row["test_top1"].parse::<f64>().is_ok(), "a preset run is scored on test");
+
+    let o = cnnprobe(tmp.path(), &["run", "--preset", "best"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no preset 'best'; choose from random-best"), "{}", stderr(&o));
+    // Pretrained widths cannot change.
+    let o = cnnprobe(tmp.path(), &["run", "--arch", "vgg11", "--weights", "imagenet", "--width-mult", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--width-mult 2 changes every layer's shape; it needs --weights random"));
+}
