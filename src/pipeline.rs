@@ -158,7 +158,9 @@ pub fn probe_and_report(
         fit = Features { x: Tensor::cat(&[&fit.x, &f.x], 0), y: Tensor::cat(&[&fit.y, &f.y], 0) };
         refit_extra = Some(select(flip, &parts.val));
     }
-    let fitted = probe::fit(&fit, &val, refit_extra.as_ref(), classes, s, device)?;
+    let n_train = fit.y.size()[0];
+    // Owned, so the probe can free the fit rows before its refit.
+    let fitted = probe::fit(fit, &val, refit_extra.as_ref(), classes, s, device)?;
     // The only place the test split meets the head: after every choice is made, and never
     // in a --val-only screening run.
     let m = (!s.val_only).then(|| metrics::score(&fitted.head.logits(&set.test.x), &set.test.y, classes));
@@ -189,7 +191,7 @@ pub fn probe_and_report(
         .set("val_fraction", val_fraction)
         .set("best_epoch", fitted.best_epoch)
         .set("refit", fitted.refit)
-        .set("n_train", fit.y.size()[0])
+        .set("n_train", n_train)
         .set("n_val", parts.val.len())
         .set("n_test", set.test.y.size()[0])
         .set("val_acc", frac(fitted.val_acc))

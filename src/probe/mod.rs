@@ -108,6 +108,16 @@ impl Scaler {
         }
     }
 
+    /// Scales `x` in place (no second feature-sized matrix).
+    pub fn apply_in_place(&self, x: &mut Tensor) {
+        match (self.kind, &self.mean, &self.std) {
+            (Normalize::Standardize, Some(m), Some(s)) => {
+                let _ = x.g_sub_(&m.to_device(x.device())).g_div_(&s.to_device(x.device()));
+            }
+            _ => *x = self.apply(x),
+        }
+    }
+
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match (self.kind, &self.mean, &self.std) {
             (Normalize::Standardize, Some(m), Some(s)) => (x - m.to_device(x.device())) / s.to_device(x.device()),
@@ -184,7 +194,7 @@ fn place(x: &Tensor, device: Device) -> Tensor {
 /// Fits the head on `fit`, using `val` only to choose (regularisation, epoch). The refit
 /// on train+val also gets `refit_extra` (e.g. flipped views of the validation images).
 pub fn fit(
-    fit: &Features,
+    fit: Features,
     val: &Features,
     refit_extra: Option<&Features>,
     classes: usize,
@@ -289,15 +299,16 @@ pub fn fit(
         all_x = Tensor::cat(&[all_x, place(&extra.x, device)], 0);
         all_y = Tensor::cat(&[all_y, place(&extra.y, device)], 0);
     }
+    drop((x_raw, xv_raw, fit));
     let scaler = Scaler::fit(&all_x, s.normalize);
-    let ax = scaler.apply(&all_x);
+    let mut ax = all_x;
+    scaler.apply_in_place(&mut ax);
     let mut refit_settings = s.clone();
     if s.solver != Solver::Lbfgs {
         // The epoch count that won on validation for the chosen strength.
         refit_settings.epochs =
             grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
     }
-    drop((x_raw, xv_raw, all_x));
     let (w, b, epochs, best_epoch, _, _) = solve((&ax, &all_y), None, c, chosen, &refit_settings, device, warm)?;
     Ok(Fitted {
         head: Head { w, b, scaler },
