@@ -41,29 +41,30 @@ if [[ $stage == all || $stage == screen ]]; then
   screen taps-vgg11-w4-block1:4+block2:2 "${base[@]}"
   # Flip augmentation in feature space.
   screen hflip "${base[@]}" --hflip
+  # ... and at test time: each validation/test image scored on both views.
+  screen hflip-test "${base[@]}" --hflip --hflip-test
   # Pooling operator.
   screen pool-max "${base[@]}" --pool max
   screen taps-vgg11-w4-block2:4 --arch vgg11 --stem cifar --width-mult 4 --features block2:4
   screen taps-vgg11-w4-block1:4 --arch vgg11 --stem cifar --width-mult 4 --features block1:4
-  screen taps-vgg11-w4-block1:4+block2:2+block3:1 --arch vgg11 --stem cifar --width-mult 4 \
-    --features block1:4,block2:2,block3:1
   # Width.
   screen width-vgg11-w1 --arch vgg11 --stem cifar --width-mult 1 --features block1:4,block2:2
   screen width-vgg11-w2 --arch vgg11 --stem cifar --width-mult 2 --features block1:4,block2:2
   # Feature normalisation in the probe.
   screen norm-l2 "${base[@]}" --normalize l2
-  screen norm-none "${base[@]}" --normalize none
-  # Init scheme; a bias-free ReLU net is positively homogeneous, so the gain alone cannot matter.
+  # Init scheme.
   screen init-orthogonal "${base[@]}" --init orthogonal
-  screen init-normal:0.01 "${base[@]}" --init normal:0.01
   # BN statistics calibrated on train images (vgg11_bn; at init BN is the identity).
   screen bn-calibrate:5000 --arch vgg11_bn --stem cifar --width-mult 4 --features block1:4,block2:2 \
     --bn calibrate:5000
   # Depth and stem: torchvision's networks as they are, and ResNet-18's early stages.
   screen baseline-resnet18-gap --arch resnet18 --stem cifar
+  screen baseline-resnet18-imagenet-stem-gap --arch resnet18 --stem imagenet
   screen baseline-vgg11-gap --arch vgg11 --stem cifar
   screen taps-resnet18-layer1:4+layer2:2 --arch resnet18 --stem cifar --features layer1:4,layer2:2
-  screen baseline-resnet18-imagenet-stem-gap --arch resnet18 --stem imagenet
+  # The gain alone cannot matter: a bias-free ReLU net is positively homogeneous.
+  screen init-normal:0.01 "${base[@]}" --init normal:0.01
+
 fi
 
 # Finalists: the preset, three seeds, scored on test once each.

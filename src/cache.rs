@@ -84,6 +84,9 @@ pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
     if cfg.hflip {
         material["hflip"] = serde_json::json!(true);
     }
+    if cfg.hflip_test {
+        material["hflip_test"] = serde_json::json!(true);
+    }
     let digest = Sha256::digest(material.to_string().as_bytes());
     Ok(digest.iter().take(10).map(|b| format!("{b:02x}")).collect())
 }

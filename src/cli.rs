@@ -119,6 +119,11 @@ pub struct ModelArgs {
     /// (flipped validation images join only the refit; test images are not flipped).
     #[arg(long)]
     pub hflip: bool,
+    /// With --hflip: score each validation and test image by the mean of the head's logits
+    /// on it and on its mirror image (test-time flip; for a linear head that is the logit
+    /// of the two views' mean features). Extracts the flipped test images too.
+    #[arg(long, requires = "hflip")]
+    pub hflip_test: bool,
     /// Stages to tap, comma-separated (e.g. layer2,layer3,layer4; VGG: block1…block5 or fc2)
     /// [default: the last stage]. `name:K` pools that stage K×K instead of --pool-size
     /// (e.g. block1:4,block2:2).
@@ -462,6 +467,7 @@ pub fn run_config(data: &DataArgs, m: &ModelArgs, probe: &ProbeArgs, output: &Ou
         tag: output.tag.clone(),
         preset: None,
         hflip: m.hflip,
+        hflip_test: m.hflip_test,
     })
 }
 

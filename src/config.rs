@@ -163,6 +163,8 @@ pub struct RunConfig {
     pub features: FeatureSpec,
     /// Also extract the horizontally flipped train images (extra probe training rows).
     pub hflip: bool,
+    /// Score validation and test images on both views (needs `hflip`).
+    pub hflip_test: bool,
     pub device: String,
     pub threads: usize,
     pub batch_size: BatchSize,

@@ -36,6 +36,9 @@ pub struct Manifest {
     /// aligned with `train`).
     #[serde(default)]
     pub hflip: bool,
+    /// Whether the flipped test images were extracted too (`test_flip`).
+    #[serde(default)]
+    pub hflip_test: bool,
     pub feature_dim: i64,
     pub class_names: Vec<String>,
     /// Summary columns describing the extraction (dataset, arch, seed, …).
@@ -48,6 +51,9 @@ fn parts(set: &FeatureSet) -> Vec<(&'static str, &Features)> {
     let mut parts = vec![("train", &set.train), ("test", &set.test)];
     if let Some(f) = &set.train_flip {
         parts.push(("train_flip", f));
+    }
+    if let Some(f) = &set.test_flip {
+        parts.push(("test_flip", f));
     }
     parts
 }
@@ -79,6 +85,7 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         n_train: set.train.y.size()[0],
         n_test: set.test.y.size()[0],
         hflip: set.train_flip.is_some(),
+        hflip_test: set.test_flip.is_some(),
         feature_dim: set.train.x.size()[1],
         class_names: set.class_names.clone(),
         provenance: set.provenance.clone(),
@@ -185,6 +192,9 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
     Ok(())
 }
 
+/// What `read_csv` returns: train, test, train_flip, test_flip.
+pub type CsvSplits = (Features, Features, Option<Features>, Option<Features>);
+
 /// Reads a directory written by `write`.
 pub fn read(dir: &Path) -> Result<FeatureSet> {
     let manifest_path = dir.join("features.json");
@@ -193,7 +203,7 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     })?;
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
-    let (train, test, train_flip) = match m.format {
+    let (train, test, train_flip, test_flip) = match m.format {
         FeatureFormat::Npy => {
             let load = |s: &str| -> Result<Features> {
                 Ok(Features {
@@ -202,7 +212,8 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
                 })
             };
             let flip = if m.hflip { Some(load("train_flip")?) } else { None };
-            (load("train")?, load("test")?, flip)
+            let test_flip = if m.hflip_test { Some(load("test_flip")?) } else { None };
+            (load("train")?, load("test")?, flip, test_flip)
         }
         FeatureFormat::Safetensors => {
             let path = dir.join("features.safetensors");
@@ -215,15 +226,18 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
                     .map(|(_, t)| t.shallow_clone())
                     .with_context(|| format!("{}: no tensor named {k}", path.display()))
             };
-            let flip = if m.hflip {
-                Some(Features { x: get("train_flip_features")?, y: get("train_flip_labels")? })
-            } else {
-                None
+            let pair = |on: bool, name: &str| -> Result<Option<Features>> {
+                if !on {
+                    return Ok(None);
+                }
+                Ok(Some(Features { x: get(&format!("{name}_features"))?, y: get(&format!("{name}_labels"))? }))
             };
+            let (flip, test_flip) = (pair(m.hflip, "train_flip")?, pair(m.hflip_test, "test_flip")?);
             (
                 Features { x: get("train_features")?, y: get("train_labels")? },
                 Features { x: get("test_features")?, y: get("test_labels")? },
                 flip,
+                test_flip,
             )
         }
         FeatureFormat::Csv => read_csv(&dir.join("features.csv"), m.feature_dim)?,
@@ -231,6 +245,9 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     let mut checks = vec![("train", &train, m.n_train), ("test", &test, m.n_test)];
     if let Some(f) = &train_flip {
         checks.push(("train_flip", f, m.n_train));
+    }
+    if let Some(f) = &test_flip {
+        checks.push(("test_flip", f, m.n_test));
     }
     for (name, f, n) in checks {
         let what = format!("{}: {name}", dir.display());
@@ -249,10 +266,10 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
         let (lo, hi) = (f.y.min().int64_value(&[]), f.y.max().int64_value(&[]));
         ensure!(lo >= 0 && hi < classes, "{what} labels span {lo}..{hi}, outside the {classes} classes");
     }
-    if m.hflip != train_flip.is_some() {
-        bail!("{}: features.json says hflip={}, but the files disagree", dir.display(), m.hflip);
+    if m.hflip != train_flip.is_some() || m.hflip_test != test_flip.is_some() {
+        bail!("{}: features.json's hflip/hflip_test disagree with the files", dir.display());
     }
-    Ok(FeatureSet { train, test, train_flip, class_names: m.class_names, provenance: m.provenance })
+    Ok(FeatureSet { train, test, train_flip, test_flip, class_names: m.class_names, provenance: m.provenance })
 }
 
 /// npy reader with the bounds check tch's own lacks: the header's shape must match the
@@ -300,8 +317,8 @@ pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
     Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
 }
 
-/// Train, test and (when the file has `train_flip` rows) flipped-train features.
-pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features, Option<Features>)> {
+/// Train and test features, and the flipped views (`train_flip`, `test_flip` rows) when present.
+pub fn read_csv(path: &Path, dim: i64) -> Result<CsvSplits> {
     // Flexible: a ragged row is reported by our own check below, with its line.
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
@@ -316,8 +333,8 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features, Option<Fea
         3 + dim,
         header.len()
     );
-    let mut xs: [Vec<f32>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    let mut ys: [Vec<i64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut xs: [Vec<f32>; 4] = Default::default();
+    let mut ys: [Vec<i64>; 4] = Default::default();
     let mut rec = csv::StringRecord::new();
     let mut line = 1;
     loop {
@@ -338,7 +355,10 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features, Option<Fea
             "train" => 0,
             "test" => 1,
             "train_flip" => 2,
-            other => bail!("{}: line {line}: split '{other}' is not train, test or train_flip", path.display()),
+            "test_flip" => 3,
+            other => {
+                bail!("{}: line {line}: split '{other}' is not train, test, train_flip or test_flip", path.display())
+            }
         };
         let label = rec[2]
             .parse::<i64>()
@@ -355,6 +375,6 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<(Features, Features, Option<Fea
         let n = ys[i].len() as i64;
         Features { x: Tensor::from_slice(&xs[i]).view([n, dim]), y: Tensor::from_slice(&ys[i]) }
     };
-    let flip = (!ys[2].is_empty()).then(|| make(2));
-    Ok((make(0), make(1), flip))
+    let (flip, test_flip) = ((!ys[2].is_empty()).then(|| make(2)), (!ys[3].is_empty()).then(|| make(3)));
+    Ok((make(0), make(1), flip, test_flip))
 }

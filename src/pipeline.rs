@@ -20,6 +20,8 @@ pub struct FeatureSet {
     /// Features of the horizontally flipped train images (`--hflip`), rows aligned with
     /// `train`: extra training rows for the probe, never validation rows.
     pub train_flip: Option<Features>,
+    /// Features of the flipped test images (`--hflip-test`), rows aligned with `test`.
+    pub test_flip: Option<Features>,
     pub class_names: Vec<String>,
     /// How the features were made, as summary columns (dataset, arch, …, extract_s).
     pub provenance: Vec<(String, String)>,
@@ -101,9 +103,16 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     } else {
         (None, 0.0)
     };
+    let (test_flip, test_flip_s) = if cfg.hflip_test {
+        let flipped = Split { images: dataset.test.images.flip([3]), labels: dataset.test.labels.shallow_clone() };
+        let (f, secs) = features::extract(&net, spec, pre, &flipped, cfg.batch_size, "test, flipped")?;
+        (Some(f), secs)
+    } else {
+        (None, 0.0)
+    };
     let feature_dim = train.x.size()[1];
-    let extract_s = train_s + test_s + flip_s;
-    let images = dataset.train.len() * (1 + cfg.hflip as usize) + dataset.test.len();
+    let extract_s = train_s + test_s + flip_s + test_flip_s;
+    let images = (dataset.train.len() * (1 + cfg.hflip as usize)) + dataset.test.len() * (1 + cfg.hflip_test as usize);
     let images_per_s = images as f64 / extract_s;
     eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
 
@@ -126,6 +135,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         .set("pool_size", cfg.features.pool_size)
         .set("width_mult", cfg.model.width_mult)
         .set("hflip", cfg.hflip)
+        .set("hflip_test", cfg.hflip_test)
         .set("device", device::name(device))
         .set("threads", cfg.threads)
         .set("batch_size", cfg.batch_size)
@@ -133,7 +143,7 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
         .set("feature_dim", feature_dim)
         .set("extract_s", format!("{extract_s:.1}"))
         .set("images_per_s", format!("{images_per_s:.1}"));
-    Ok(FeatureSet { train, test, train_flip, class_names: dataset.class_names, provenance: p.0 })
+    Ok(FeatureSet { train, test, train_flip, test_flip, class_names: dataset.class_names, provenance: p.0 })
 }
 
 /// Validation split → probe → test metrics → run directory files and a summary row.
@@ -158,12 +168,25 @@ pub fn probe_and_report(
         fit = Features { x: Tensor::cat(&[&fit.x, &f.x], 0), y: Tensor::cat(&[&fit.y, &f.y], 0) };
         refit_extra = Some(select(flip, &parts.val));
     }
+    // Test-time flip: a linear head's mean logit over two views is its logit of their mean.
+    let two_views = set.test_flip.is_some();
+    let mean_view = |a: &Tensor, b: &Tensor| (a + b) / 2.0;
+    let val_view = match (&refit_extra, two_views) {
+        (Some(vf), true) => Some(mean_view(&val.x, &vf.x)),
+        _ => None,
+    };
     let n_train = fit.y.size()[0];
     // Owned, so the probe can free the fit rows before its refit.
-    let fitted = probe::fit(fit, &val, refit_extra.as_ref(), classes, s, device)?;
+    let fitted = probe::fit(fit, &val, val_view.as_ref(), refit_extra.as_ref(), classes, s, device)?;
     // The only place the test split meets the head: after every choice is made, and never
     // in a --val-only screening run.
-    let m = (!s.val_only).then(|| metrics::score(&fitted.head.logits(&set.test.x), &set.test.y, classes));
+    let m = (!s.val_only).then(|| {
+        let x = match &set.test_flip {
+            Some(tf) => mean_view(&set.test.x, &tf.x),
+            None => set.test.x.shallow_clone(),
+        };
+        metrics::score(&fitted.head.logits(&x), &set.test.y, classes)
+    });
     if let Some(path) = save_head {
         fitted.head.save(path)?;
     }

@@ -38,7 +38,7 @@ fn hflip_features_are_those_of_the_mirrored_images() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_mirrored(tmp.path());
     let mut args = vec!["extract", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
-    args.extend(["--features", "block1:4,block2:2", "--hflip", "--format", "npy", "--output", "f"]);
+    args.extend(["--features", "block1:4,block2:2", "--hflip", "--hflip-test", "--format", "npy", "--output", "f"]);
     args.extend_from_slice(FAST);
     let o = cnnprobe(tmp.path(), &args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -50,8 +50,9 @@ fn hflip_features_are_those_of_the_mirrored_images() {
     let (a, b) = (flip.get(0), train.get(1));
     assert!(a.allclose(&b, 1e-5, 1e-5, false), "flipped features of image 0 differ from image 1's");
     assert!(!flip.get(2).allclose(&train.get(2), 1e-3, 1e-3, false), "flipping changed nothing");
+    assert_eq!(read("test_flip_features.npy").size(), [20, 64 * 16 + 128 * 4]);
     let manifest = std::fs::read_to_string(tmp.path().join("f/features.json")).unwrap();
-    assert!(manifest.contains("\"hflip\": true"), "{manifest}");
+    assert!(manifest.contains("\"hflip\": true") && manifest.contains("\"hflip_test\": true"), "{manifest}");
 
     // `fit` reads the flipped rows back and trains on them: twice the fit rows.
     let o = cnnprobe(tmp.path(), &["fit", "f", "--solver", "lbfgs", "--out", "r", "--summary", "s.csv"]);
@@ -59,6 +60,12 @@ fn hflip_features_are_those_of_the_mirrored_images() {
     let row = &summary_rows(&tmp.path().join("s.csv"))[0];
     assert_eq!(row["n_train"], "180");
     assert_eq!(row["n_val"], "10");
+    assert!(row["test_top1"].parse::<f64>().is_ok());
+
+    // Test-time flip needs the flipped train images (its validation views come from them).
+    let o = cnnprobe(tmp.path(), &["run", "--hflip-test"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--hflip"), "{}", stderr(&o));
 }
 
 #[test]

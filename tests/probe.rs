@@ -41,7 +41,7 @@ fn separable_data_reaches_99_percent_train_accuracy() {
     let train = blobs(100, 5, 0);
     let val = blobs(20, 5, 1);
     for solver in [Solver::Lbfgs, Solver::Adamw, Solver::Adam, Solver::Sgd] {
-        let fitted = probe::fit(own(&train), &val, None, 5, &settings(solver, 1e-6), Device::Cpu).unwrap();
+        let fitted = probe::fit(own(&train), &val, None, None, 5, &settings(solver, 1e-6), Device::Cpu).unwrap();
         let acc = probe::metrics::accuracy(&fitted.head.logits(&train.x), &train.y);
         assert!(acc >= 0.99, "{solver:?}: train accuracy {acc}");
     }
@@ -53,7 +53,7 @@ fn wd_search_visits_coarse_and_fine_points_and_refits() {
     let val = blobs(30, 4, 3);
     let mut s = settings(Solver::Lbfgs, 0.0);
     s.wd_search = true;
-    let f = probe::fit(own(&train), &val, None, 4, &s, Device::Cpu).unwrap();
+    let f = probe::fit(own(&train), &val, None, None, 4, &s, Device::Cpu).unwrap();
     assert_eq!(f.grid.iter().filter(|g| g.stage == "coarse").count(), 6);
     assert_eq!(f.grid.iter().filter(|g| g.stage == "fine").count(), 2);
     assert!(f.grid.iter().any(|g| g.weight_decay == f.chosen_weight_decay));
@@ -80,7 +80,7 @@ fn lbfgs_agrees_with_scikit_learn() {
     let mut s = settings(Solver::Lbfgs, lambda);
     s.normalize = Normalize::None;
     s.max_iter = 2000;
-    let fitted = probe::fit(own(&train), &test, None, 6, &s, Device::Cpu).unwrap();
+    let fitted = probe::fit(own(&train), &test, None, None, 6, &s, Device::Cpu).unwrap();
     let ours = Vec::<i64>::try_from(fitted.head.logits(&test.x).argmax(1, false)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();

@@ -191,11 +191,13 @@ fn place(x: &Tensor, device: Device) -> Tensor {
     }
 }
 
-/// Fits the head on `fit`, using `val` only to choose (regularisation, epoch). The refit
-/// on train+val also gets `refit_extra` (e.g. flipped views of the validation images).
+/// Fits the head on `fit`, using `val` only to choose (regularisation, epoch). Validation
+/// is scored on `val_view` when given (e.g. the mean of two views of each image), else on
+/// `val.x`. The refit on train+val also gets `refit_extra` (e.g. flipped validation images).
 pub fn fit(
     fit: Features,
     val: &Features,
+    val_view: Option<&Tensor>,
     refit_extra: Option<&Features>,
     classes: usize,
     s: &ProbeSettings,
@@ -207,10 +209,12 @@ pub fn fit(
     let c = classes as i64;
     let (x_raw, y) = (place(&fit.x, device), place(&fit.y, device));
     let (xv_raw, yv) = (place(&val.x, device), place(&val.y, device));
+    // What validation is scored on; the refit trains on the plain rows `xv_raw`.
+    let xv_score = val_view.map(|v| place(v, device)).unwrap_or_else(|| xv_raw.shallow_clone());
 
     if !s.wd_search {
         let scaler = Scaler::fit(&x_raw, s.normalize);
-        let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
+        let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_score));
         let (w, b, epochs, best_epoch, val_acc, steps) =
             solve((&x, &y), Some((&xv, &yv)), c, s.weight_decay, s, device, None)?;
         let grid = vec![GridPoint { stage: "fixed", weight_decay: s.weight_decay, val_acc, steps }];
@@ -228,7 +232,7 @@ pub fn fit(
 
     // Search on (fit, val), with the fit part's scaling.
     let scaler = Scaler::fit(&x_raw, s.normalize);
-    let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_raw));
+    let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_score));
     let mut grid: Vec<GridPoint> = Vec::new();
     // L-BFGS solutions (W, b) by strength: warm starts for the next point and the refit.
     let mut solutions: Vec<(f64, (Tensor, Tensor))> = Vec::new();
@@ -299,7 +303,7 @@ pub fn fit(
         all_x = Tensor::cat(&[all_x, place(&extra.x, device)], 0);
         all_y = Tensor::cat(&[all_y, place(&extra.y, device)], 0);
     }
-    drop((x_raw, xv_raw, fit));
+    drop((x_raw, xv_raw, xv_score, fit));
     let scaler = Scaler::fit(&all_x, s.normalize);
     let mut ax = all_x;
     scaler.apply_in_place(&mut ax);

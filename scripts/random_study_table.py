@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Markdown tables of results/random_study.csv for results/random_study.md and the README.
+
+    python3 scripts/random_study_table.py [results/random_study.csv]
+
+Screening rows (val_only=true) are listed with their validation accuracy and the change
+against the base point; finalist rows (scored on test) are summarised as mean ± sd.
+Standard library only.
+"""
+import csv
+import statistics
+import sys
+
+BASE = "taps-vgg11-w4-block1:4+block2:2"
+
+
+def pct(v):
+    return f"{100 * float(v):.2f}" if v else ""
+
+
+def main(path):
+    rows = list(csv.DictReader(open(path, newline="")))
+    screen = [r for r in rows if r["val_only"] == "true"]
+    base = next((float(r["val_acc"]) for r in screen if r["tag"] == BASE), None)
+    print("| lever (tag) | arch | width | features | dims | hflip | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in screen:
+        delta = f"{100 * (float(r['val_acc']) - base):+.2f}" if base is not None else ""
+        print(
+            f"| {r['tag']} | {r['arch']} {r['stem']} | {r['width_mult']} | {r['features']} | {r['feature_dim']} "
+            f"| {r['hflip']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {r['extract_s']} | {r['fit_s']} |"
+        )
+    finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]
+    if finals:
+        print()
+        print("| finalist (tag) | seed | val acc % | test top-1 % | test top-5 % | extract s | fit s |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in finals:
+            print(
+                f"| {r['tag']} | {r['seed']} | {pct(r['val_acc'])} | {pct(r['test_top1'])} | {pct(r['test_top5'])} "
+                f"| {r['extract_s']} | {r['fit_s']} |"
+            )
+        top1 = [100 * float(r["test_top1"]) for r in finals]
+        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        print()
+        print(f"Finalists: test top-1 {statistics.mean(top1):.2f} ± {sd:.2f} % (mean ± sd over {len(top1)} seeds)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/random_study.csv")
