@@ -15,10 +15,26 @@ pub struct Preset {
 
 pub const PRESETS: &[Preset] = &[Preset {
     name: "random-best",
-    about: "the best untrained-feature recipe of results/random_study.csv: VGG-11 (torchvision init, \
-            no data in the weights) 4× wide, block1 pooled 4×4 + block2 pooled 2×2, flipped train \
-            images as extra rows, L-BFGS probe with the L2 strength chosen on validation",
-    flags: &["--arch", "vgg11", "--features", "block1:4,block2:2", "--hflip", "--solver", "lbfgs", "--wd-search"],
+    about: "the best untrained-feature recipe of results/random_study.csv, chosen on validation: \
+            VGG-11 with torchvision's init (no data in the weights), CIFAR stem, 4x wide; block1 \
+            pooled 4x4 + block2 pooled 2x2 (6144 features); mirrored train images as extra rows \
+            and every validation/test image scored on both views; L-BFGS probe with the L2 \
+            strength chosen on validation",
+    flags: &[
+        "--arch",
+        "vgg11",
+        "--features",
+        "block1:4,block2:2",
+        "--pool",
+        "avg",
+        "--hflip",
+        "--hflip-test",
+        "--solver",
+        "lbfgs",
+        "--wd-search",
+        "--normalize",
+        "standardize",
+    ],
     random_only: &["--stem", "cifar", "--width-mult", "4"],
 }];
 

@@ -118,6 +118,7 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
         ("features", "block1:2"),
         ("feature_dim", "64"),
         ("hflip", "true"),
+        ("hflip_test", "true"),
         ("solver", "lbfgs"),
         ("wd_search", "true"),
     ] {
