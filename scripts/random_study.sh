@@ -64,7 +64,10 @@ if [[ $stage == all || $stage == screen ]]; then
   screen taps-resnet18-layer1:4+layer2:2 --arch resnet18 --stem cifar --features layer1:4,layer2:2
   # The gain alone cannot matter: a bias-free ReLU net is positively homogeneous.
   screen init-normal:0.01 "${base[@]}" --init normal:0.01
-
+  # Stacking: a lever that added ≥ 0.5 points alone is tried on top of the recipe so far
+  # (base + flip views at train and test time).
+  screen stack-hflip-test+bn-calibrate:5000 --arch vgg11_bn --stem cifar --width-mult 4 \
+    --features block1:4,block2:2 --bn calibrate:5000 --hflip --hflip-test
 fi
 
 # Finalists: the preset, three seeds, scored on test once each.

@@ -175,13 +175,11 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .y_desc(format!("{} (%)", metric_name(metric)))
-        .x_label_style(if label_area > 40 {
-            ("sans-serif", 13).into_font().transform(FontTransform::Rotate90)
-        } else {
-            ("sans-serif", 13).into_font()
-        })
+        .light_line_style(WHITE)
+        .x_label_style(("sans-serif", 13).into_font())
+        // Many groups: their labels are drawn below, turned to read downwards.
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) if *i < n => groups[*i].label.clone(),
+            SegmentValue::CenterOf(i) if *i < n && label_area <= 40 => groups[*i].label.clone(),
             _ => String::new(),
         })
         .draw()
@@ -197,6 +195,10 @@ where
     let both = groups.iter().any(|g| !g.pretrained.is_empty() || g.pretrained_note.is_some());
     for (i, g) in groups.iter().enumerate() {
         let (x0, width) = (x(i), if i + 1 < n { x(i + 1) - x(i) } else { px1 as f64 - x(i) });
+        if label_area > 40 {
+            let font = ("sans-serif", 13).into_font().transform(FontTransform::Rotate90).color(&BLACK);
+            root.draw(&Text::new(g.label.clone(), ((x0 + width / 2.0) as i32 + 6, y(0.0) + 8), font)).map_err(err)?;
+        }
         let kinds: &[(usize, &Vec<f64>, RGBColor)] = if both {
             &[(0, &g.random, random_color), (1, &g.pretrained, pre_color)]
         } else {
