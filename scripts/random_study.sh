@@ -87,6 +87,13 @@ if [[ $stage == all || $stage == final ]]; then
 fi
 
 if [[ $stage == all || $stage == chart ]]; then
+  # Every run's regularisation search (the probe's L2 lever), one file with the run's tag.
+  {
+    echo "run,stage,weight_decay,val_acc,steps,chosen"
+    for f in "$runs"/*/wd_search.csv; do
+      tail -n +2 "$f" | sed "s|^|$(basename "$(dirname "$f")"),|"
+    done
+  } >results/random_study_wd_search.csv
   "$bin" plot "$csv" --by tag --metric val_acc -o results/random_study_chart.png \
     --title "Untrained CNN features on CIFAR-10: validation accuracy per lever (seed 0; finalist: 3 seeds)"
   "$bin" plot "$csv" --by tag --metric val_acc -o results/random_study_chart.svg \

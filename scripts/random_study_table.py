@@ -14,6 +14,13 @@ import sys
 BASE = "taps-vgg11-w4-block1:4+block2:2"
 
 
+def flips(r):
+    """Which flipped views a run used (rows from before the flags existed have none)."""
+    if r.get("hflip_test") == "true":
+        return "train+test"
+    return "train" if r.get("hflip") == "true" else "none"
+
+
 def pct(v):
     return f"{100 * float(v):.2f}" if v else ""
 
@@ -22,13 +29,13 @@ def main(path):
     rows = list(csv.DictReader(open(path, newline="")))
     screen = [r for r in rows if r["val_only"] == "true"]
     base = next((float(r["val_acc"]) for r in screen if r["tag"] == BASE), None)
-    print("| lever (tag) | arch | width | features | dims | hflip | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| lever (tag) | arch | width | features | dims | flip views | BN | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in screen:
         delta = f"{100 * (float(r['val_acc']) - base):+.2f}" if base is not None else ""
         print(
-            f"| {r['tag']} | {r['arch']} {r['stem']} | {r['width_mult']} | {r['features']} | {r['feature_dim']} "
-            f"| {r['hflip']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {r['tag']} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r['features']} | {r['feature_dim']} "
+            f"| {flips(r)} | {r['bn']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]

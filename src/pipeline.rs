@@ -96,20 +96,17 @@ pub fn extract_features(cfg: &RunConfig, device: Device) -> Result<FeatureSet> {
     let (train, train_s) = features::extract(&net, spec, pre, &dataset.train, cfg.batch_size, "train")?;
     features::check_health(&net, pre, &dataset.train, &train.x, cfg.allow_degenerate)?;
     let (test, test_s) = features::extract(&net, spec, pre, &dataset.test, cfg.batch_size, "test")?;
-    let (train_flip, flip_s) = if cfg.hflip {
-        let flipped = Split { images: dataset.train.images.flip([3]), labels: dataset.train.labels.shallow_clone() };
-        let (f, secs) = features::extract(&net, spec, pre, &flipped, cfg.batch_size, "train, flipped")?;
-        (Some(f), secs)
-    } else {
-        (None, 0.0)
+    // Mirror images (`--hflip`, `--hflip-test`), flipped along the width axis.
+    let mirrored = |on: bool, split: &Split, what: &str| -> Result<(Option<Features>, f64)> {
+        if !on {
+            return Ok((None, 0.0));
+        }
+        let mirror = Split { images: split.images.flip([3]), labels: split.labels.shallow_clone() };
+        let (f, secs) = features::extract(&net, spec, pre, &mirror, cfg.batch_size, what)?;
+        Ok((Some(f), secs))
     };
-    let (test_flip, test_flip_s) = if cfg.hflip_test {
-        let flipped = Split { images: dataset.test.images.flip([3]), labels: dataset.test.labels.shallow_clone() };
-        let (f, secs) = features::extract(&net, spec, pre, &flipped, cfg.batch_size, "test, flipped")?;
-        (Some(f), secs)
-    } else {
-        (None, 0.0)
-    };
+    let (train_flip, flip_s) = mirrored(cfg.hflip, &dataset.train, "train, flipped")?;
+    let (test_flip, test_flip_s) = mirrored(cfg.hflip_test, &dataset.test, "test, flipped")?;
     let feature_dim = train.x.size()[1];
     let extract_s = train_s + test_s + flip_s + test_flip_s;
     let images = (dataset.train.len() * (1 + cfg.hflip as usize)) + dataset.test.len() * (1 + cfg.hflip_test as usize);

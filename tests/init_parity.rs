@@ -3,19 +3,11 @@
 //! (CNNPROBE_PYTHON, set by scripts/test.sh); skipped cleanly without it.
 mod common;
 
-use cnnprobe::models::init::InitScheme;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::process::Command;
 
 fn model(arch: Arch, seed: u64) -> ModelConfig {
-    ModelConfig {
-        arch,
-        stem: Stem::Imagenet,
-        init: InitScheme::Torchvision,
-        zero_init_residual: false,
-        seed,
-        width_mult: 1.0,
-    }
+    ModelConfig::torchvision(arch, Stem::Imagenet, seed)
 }
 
 fn check(arch: Arch, seed: u64) {

@@ -6,7 +6,6 @@
 mod common;
 
 use cnnprobe::features::{self, FeatureSpec, Pool};
-use cnnprobe::models::init::InitScheme;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,14 +37,7 @@ fn check(arch: Arch) {
         return;
     };
     // A different seed than the fixture's, so only loading can make the outputs match.
-    let cfg = ModelConfig {
-        arch,
-        stem: Stem::Imagenet,
-        init: InitScheme::Torchvision,
-        zero_init_residual: false,
-        seed: 99,
-        width_mult: 1.0,
-    };
+    let cfg = ModelConfig::torchvision(arch, Stem::Imagenet, 99);
     let mut net = Network::build(&cfg).unwrap();
     net.load_weights(&dir.join(format!("{}.pth", arch.name()))).unwrap();
     let arrays: std::collections::HashMap<String, Tensor> =

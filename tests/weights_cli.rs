@@ -2,7 +2,6 @@
 //! in a temp TORCH_HOME (never the internet).
 mod common;
 
-use cnnprobe::models::init::InitScheme;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use common::*;
 use std::path::Path;
@@ -11,14 +10,7 @@ use std::process::Command;
 /// A torchvision-layout resnet18 state dict (seed 5) at TORCH_HOME's checkpoint path.
 /// Written as safetensors: the loader recognises the content whatever the file name.
 fn place_checkpoint(torch_home: &Path, arch: Arch, seed: u64) {
-    let cfg = ModelConfig {
-        arch,
-        stem: Stem::Imagenet,
-        init: InitScheme::Torchvision,
-        zero_init_residual: false,
-        seed,
-        width_mult: 1.0,
-    };
+    let cfg = ModelConfig::torchvision(arch, Stem::Imagenet, seed);
     let net = Network::build(&cfg).unwrap();
     let dir = torch_home.join("hub/checkpoints");
     std::fs::create_dir_all(&dir).unwrap();

@@ -3,7 +3,6 @@
 //! VarStore; corrupt files give errors, not panics.
 mod common;
 
-use cnnprobe::models::init::InitScheme;
 use cnnprobe::models::weights::{load_into, read_state_dict};
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::path::{Path, PathBuf};
@@ -168,14 +167,7 @@ torch.save(sd, 'bad.pth')
         return;
     }
     let pth = dir.path().join("sd.pth");
-    let cfg = ModelConfig {
-        arch: Arch::Resnet18,
-        stem: Stem::Imagenet,
-        init: InitScheme::Torchvision,
-        zero_init_residual: false,
-        seed: 1,
-        width_mult: 1.0,
-    };
+    let cfg = ModelConfig::torchvision(Arch::Resnet18, Stem::Imagenet, 1);
     let net = Network::random(&cfg, Device::Cpu).unwrap();
     load_into(&net.vs, read_state_dict(&pth).unwrap(), &pth).unwrap();
     let file: std::collections::HashMap<String, Tensor> = read_state_dict(&pth).unwrap().into_iter().collect();

@@ -187,6 +187,14 @@ pub struct ModelConfig {
     pub width_mult: f64,
 }
 
+impl ModelConfig {
+    /// torchvision's network as `torchvision.models.<arch>()` builds it after
+    /// `torch.manual_seed(seed)`: its init and widths, no zero-init residual.
+    pub fn torchvision(arch: Arch, stem: Stem, seed: u64) -> ModelConfig {
+        ModelConfig { arch, stem, init: InitScheme::Torchvision, zero_init_residual: false, seed, width_mult: 1.0 }
+    }
+}
+
 fn is_one(v: &f64) -> bool {
     *v == 1.0
 }
