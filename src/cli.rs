@@ -116,7 +116,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub allow_degenerate: bool,
     /// Also extract horizontally flipped train images: the probe trains on both views
-    /// (flipped validation images join only the refit; test images are not flipped).
+    /// (flipped validation images join only the refit; test images are flipped only with
+    /// --hflip-test).
     #[arg(long)]
     pub hflip: bool,
     /// With --hflip: score each validation and test image by the mean of the head's logits
@@ -273,8 +274,8 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct RunCmd {
     /// A named bundle of flags; flags given here override it. random-best: the best
-    /// untrained-feature recipe found by the study in results/random_study.csv
-    /// (`cnnprobe models` lists the flags). With --weights imagenet, the same recipe on
+    /// untrained-feature recipe found by the study in results/random_study.csv, 72.1 ± 0.4%
+    /// CIFAR-10 test top-1 over 3 seeds (`cnnprobe models` lists the flags). With --weights imagenet, the same recipe on
     /// torchvision's pretrained VGG-11 (its own widths and stem): the comparison.
     #[arg(long, value_parser = crate::presets::parse)]
     pub preset: Option<String>,
