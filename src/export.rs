@@ -22,7 +22,7 @@ pub enum FeatureFormat {
     /// numpy: <split>_features.npy (float32) and <split>_labels.npy (int64).
     Npy,
     /// One file with train_features, train_labels, test_features, test_labels
-    /// (and train_flip_* with --hflip).
+    /// (and train_flip_* / test_flip_* with --hflip / --hflip-test).
     Safetensors,
 }
 
@@ -46,16 +46,14 @@ pub struct Manifest {
     pub cnnprobe_version: String,
 }
 
-/// The feature matrices of `set` by file-name prefix: train, test, and train_flip with --hflip.
+/// Every part a feature directory can hold, by file-name prefix (a CSV's split column).
+const PARTS: [&str; 4] = ["train", "test", "train_flip", "test_flip"];
+
+/// The feature matrices of `set` by file-name prefix: train, test, and the flipped views
+/// with --hflip / --hflip-test.
 fn parts(set: &FeatureSet) -> Vec<(&'static str, &Features)> {
-    let mut parts = vec![("train", &set.train), ("test", &set.test)];
-    if let Some(f) = &set.train_flip {
-        parts.push(("train_flip", f));
-    }
-    if let Some(f) = &set.test_flip {
-        parts.push(("test_flip", f));
-    }
-    parts
+    let all = [Some(&set.train), Some(&set.test), set.train_flip.as_ref(), set.test_flip.as_ref()];
+    PARTS.iter().zip(all).filter_map(|(name, f)| f.map(|f| (*name, f))).collect()
 }
 
 pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> {
@@ -192,8 +190,17 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
     Ok(())
 }
 
-/// What `read_csv` returns: train, test, train_flip, test_flip.
-pub type CsvSplits = (Features, Features, Option<Features>, Option<Features>);
+/// The parts features.json promises, by file-name prefix, with their row counts.
+fn expected_parts(m: &Manifest) -> Vec<(&'static str, i64)> {
+    let mut parts = vec![("train", m.n_train), ("test", m.n_test)];
+    if m.hflip {
+        parts.push(("train_flip", m.n_train));
+    }
+    if m.hflip_test {
+        parts.push(("test_flip", m.n_test));
+    }
+    parts
+}
 
 /// Reads a directory written by `write`.
 pub fn read(dir: &Path) -> Result<FeatureSet> {
@@ -203,18 +210,15 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     })?;
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
-    let (train, test, train_flip, test_flip) = match m.format {
-        FeatureFormat::Npy => {
-            let load = |s: &str| -> Result<Features> {
-                Ok(Features {
-                    x: read_npy(&dir.join(format!("{s}_features.npy")), Kind::Float)?,
-                    y: read_npy(&dir.join(format!("{s}_labels.npy")), Kind::Int64)?,
-                })
-            };
-            let flip = if m.hflip { Some(load("train_flip")?) } else { None };
-            let test_flip = if m.hflip_test { Some(load("test_flip")?) } else { None };
-            (load("train")?, load("test")?, flip, test_flip)
-        }
+    let expected = expected_parts(&m);
+    let mut found: Vec<(&'static str, Features)> = match m.format {
+        FeatureFormat::Npy => expected
+            .iter()
+            .map(|&(s, _)| {
+                let x = read_npy(&dir.join(format!("{s}_features.npy")), Kind::Float)?;
+                Ok((s, Features { x, y: read_npy(&dir.join(format!("{s}_labels.npy")), Kind::Int64)? }))
+            })
+            .collect::<Result<_>>()?,
         FeatureFormat::Safetensors => {
             let path = dir.join("features.safetensors");
             let named = Tensor::read_safetensors(&path)
@@ -226,30 +230,18 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
                     .map(|(_, t)| t.shallow_clone())
                     .with_context(|| format!("{}: no tensor named {k}", path.display()))
             };
-            let pair = |on: bool, name: &str| -> Result<Option<Features>> {
-                if !on {
-                    return Ok(None);
-                }
-                Ok(Some(Features { x: get(&format!("{name}_features"))?, y: get(&format!("{name}_labels"))? }))
-            };
-            let (flip, test_flip) = (pair(m.hflip, "train_flip")?, pair(m.hflip_test, "test_flip")?);
-            (
-                Features { x: get("train_features")?, y: get("train_labels")? },
-                Features { x: get("test_features")?, y: get("test_labels")? },
-                flip,
-                test_flip,
-            )
+            expected
+                .iter()
+                .map(|&(s, _)| Ok((s, Features { x: get(&format!("{s}_features"))?, y: get(&format!("{s}_labels"))? })))
+                .collect::<Result<_>>()?
         }
         FeatureFormat::Csv => read_csv(&dir.join("features.csv"), m.feature_dim)?,
     };
-    let mut checks = vec![("train", &train, m.n_train), ("test", &test, m.n_test)];
-    if let Some(f) = &train_flip {
-        checks.push(("train_flip", f, m.n_train));
-    }
-    if let Some(f) = &test_flip {
-        checks.push(("test_flip", f, m.n_test));
-    }
-    for (name, f, n) in checks {
+    let disagree = || anyhow::anyhow!("{}: features.json's hflip/hflip_test disagree with the files", dir.display());
+    let mut checked: Vec<(&'static str, Features)> = Vec::new();
+    for (name, n) in expected {
+        let i = found.iter().position(|(k, _)| *k == name).ok_or_else(disagree)?;
+        let (_, f) = found.swap_remove(i);
         let what = format!("{}: {name}", dir.display());
         ensure!(
             f.x.dim() == 2 && f.x.size() == [n, m.feature_dim],
@@ -265,10 +257,14 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
         let classes = m.class_names.len() as i64;
         let (lo, hi) = (f.y.min().int64_value(&[]), f.y.max().int64_value(&[]));
         ensure!(lo >= 0 && hi < classes, "{what} labels span {lo}..{hi}, outside the {classes} classes");
+        checked.push((name, f));
     }
-    if m.hflip != train_flip.is_some() || m.hflip_test != test_flip.is_some() {
-        bail!("{}: features.json's hflip/hflip_test disagree with the files", dir.display());
+    if !found.is_empty() {
+        return Err(disagree());
     }
+    let mut take = |name: &str| checked.iter().position(|(k, _)| *k == name).map(|i| checked.swap_remove(i).1);
+    let (train, test) = (take("train").expect("always expected"), take("test").expect("always expected"));
+    let (train_flip, test_flip) = (take("train_flip"), take("test_flip"));
     Ok(FeatureSet { train, test, train_flip, test_flip, class_names: m.class_names, provenance: m.provenance })
 }
 
@@ -317,8 +313,9 @@ pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
     Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
 }
 
-/// Train and test features, and the flipped views (`train_flip`, `test_flip` rows) when present.
-pub fn read_csv(path: &Path, dim: i64) -> Result<CsvSplits> {
+/// The parts of a CSV export by its split column: train and test, and the flipped views
+/// (`train_flip`, `test_flip` rows) when present.
+pub fn read_csv(path: &Path, dim: i64) -> Result<Vec<(&'static str, Features)>> {
     // Flexible: a ragged row is reported by our own check below, with its line.
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
@@ -333,8 +330,8 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<CsvSplits> {
         3 + dim,
         header.len()
     );
-    let mut xs: [Vec<f32>; 4] = Default::default();
-    let mut ys: [Vec<i64>; 4] = Default::default();
+    let mut xs: [Vec<f32>; PARTS.len()] = Default::default();
+    let mut ys: [Vec<i64>; PARTS.len()] = Default::default();
     let mut rec = csv::StringRecord::new();
     let mut line = 1;
     loop {
@@ -351,14 +348,8 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<CsvSplits> {
             rec.len(),
             header.len()
         );
-        let s = match &rec[0] {
-            "train" => 0,
-            "test" => 1,
-            "train_flip" => 2,
-            "test_flip" => 3,
-            other => {
-                bail!("{}: line {line}: split '{other}' is not train, test, train_flip or test_flip", path.display())
-            }
+        let Some(s) = PARTS.iter().position(|p| *p == &rec[0]) else {
+            bail!("{}: line {line}: split '{}' is not train, test, train_flip or test_flip", path.display(), &rec[0])
         };
         let label = rec[2]
             .parse::<i64>()
@@ -375,6 +366,6 @@ pub fn read_csv(path: &Path, dim: i64) -> Result<CsvSplits> {
         let n = ys[i].len() as i64;
         Features { x: Tensor::from_slice(&xs[i]).view([n, dim]), y: Tensor::from_slice(&ys[i]) }
     };
-    let (flip, test_flip) = ((!ys[2].is_empty()).then(|| make(2)), (!ys[3].is_empty()).then(|| make(3)));
-    Ok((make(0), make(1), flip, test_flip))
+    // Train and test always (possibly empty, which the caller reports); flips when present.
+    Ok((0..PARTS.len()).filter(|&i| i < 2 || !ys[i].is_empty()).map(|i| (PARTS[i], make(i))).collect())
 }

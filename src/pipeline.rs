@@ -38,11 +38,10 @@ pub struct Outcome {
 pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let device = setup_compute(&cfg.device, cfg.threads)?;
     check_precision(cfg, device)?;
-    let set = match &cfg.cache_dir {
+    let mut set = match &cfg.cache_dir {
         Some(dir) => crate::cache::features(cfg, device, dir)?,
         None => extract_features(cfg, device)?,
     };
-    let mut set = set;
     report::label(&mut set.provenance, "preset", cfg.preset.as_deref());
     report::label(&mut set.provenance, "tag", cfg.tag.as_deref());
     let run_dir = report::create_run_dir(cfg.out.as_deref(), &cfg.short_name())?;
