@@ -1,31 +1,22 @@
 //! cnnprobe: how good are the features of a CNN that was never trained?
 //!
-//! The pipeline, one module per stage:
-//! `data` (CIFAR readers, download, normalisation, splits) → `models` (torchvision-exact
-//! networks and their initialisation) → `features` (frozen extraction) → `probe`
-//! (logistic-regression head) → `report` (run directory, CSV logs, summary).
-//! `config` holds the validated description of a run; `pipeline` runs the stages in order.
+//! The pipeline, one module per stage, each importing only the ones before it:
+//! `util` (files, downloads, signals, progress, device) → `data` (datasets, their
+//! resolution and download, normalisation, splits) → `models` (torchvision-exact networks,
+//! init, checkpoints) → `features` (taps, extraction, cache, feature files) → `probe`
+//! (logistic-regression head, protocol) → `report` (run directory, summary rows,
+//! aggregates, charts). Above them: `config` (one validated config per command), `cli`
+//! (flags → config) and `commands` (one file per command).
 
-pub mod cache;
 pub mod cli;
 pub mod commands;
-pub mod compare;
 pub mod config;
 pub mod data;
-pub mod device;
-pub mod export;
 pub mod features;
-pub mod fetch;
-pub mod files;
-pub mod interrupt;
 pub mod models;
-pub mod pipeline;
-pub mod plot;
-pub mod presets;
 pub mod probe;
-pub mod progress;
 pub mod report;
-pub mod sweep;
+pub mod util;
 
 /// An error in the flags that can only be seen once the network or data exist (e.g.
 /// `--pool-size` larger than the feature map): reported like a usage error, exit code 2.
@@ -42,3 +33,6 @@ impl std::error::Error for UsageError {}
 
 /// The cnnprobe version recorded beside every result.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The libtorch version this binary was built against (read from the install by build.rs).
+pub const LIBTORCH_VERSION: &str = env!("CNNPROBE_LIBTORCH_VERSION");

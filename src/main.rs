@@ -1,45 +1,22 @@
 //! Thin entry point: parse flags → validated config → run. Errors print as one line:
-//! exit 2 for usage errors (clap's code, and bad flag combinations), 1 for the rest.
-use clap::Parser;
-use cnnprobe::cli::{Cli, Command};
-use cnnprobe::commands;
+//! exit 2 for usage errors (clap's code, and bad flag combinations), 130 after a signal,
+//! 1 for the rest.
+use cnnprobe::cli::Cli;
+use cnnprobe::util::interrupt;
+use cnnprobe::{commands, UsageError};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(cnnprobe::presets::expand(std::env::args_os().collect()));
-    cnnprobe::interrupt::install();
-    let result = match cli.command {
-        Command::Run(args) => match args.into_config() {
-            Ok(cfg) => cnnprobe::pipeline::run(&cfg).map(|_| ()),
-            Err(e) => return fail(&e, 2),
-        },
-        Command::Extract(args) => match commands::extract_config(&args) {
-            Ok(cfg) => commands::extract(&cfg, &args.output, args.format),
-            Err(e) => return fail(&e, 2),
-        },
-        Command::Fit(args) => commands::fit(&args),
-        Command::Compare(args) => {
-            let args = *args;
-            cnnprobe::compare::run(args.run, &args.seeds, args.table).map(|_| ())
-        }
-        Command::Info => {
-            cnnprobe::report::print_info();
-            Ok(())
-        }
-        Command::Sweep(args) => cnnprobe::sweep::run(&args),
-        Command::Plot(args) => {
-            let chart = cnnprobe::plot::Chart { by: &args.by, metric: &args.metric, title: args.title.as_deref() };
-            cnnprobe::plot::plot(&args.csv, &args.output, &chart)
-        }
-        Command::Models => {
-            cnnprobe::report::print_models();
-            Ok(())
-        }
+    let cli = Cli::from_env();
+    interrupt::install();
+    let job = match cli.into_job() {
+        Ok(job) => job,
+        Err(e) => return fail(&e, 2),
     };
-    match result {
+    match commands::dispatch(job) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.to_string() == cnnprobe::interrupt::INTERRUPTED => fail(&e, 130),
-        Err(e) if e.chain().any(|c| c.is::<cnnprobe::UsageError>()) => fail(&e, 2),
+        Err(e) if e.to_string() == interrupt::INTERRUPTED => fail(&e, 130),
+        Err(e) if e.chain().any(|c| c.is::<UsageError>()) => fail(&e, 2),
         Err(e) => fail(&e, 1),
     }
 }

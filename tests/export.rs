@@ -89,7 +89,7 @@ fn numpy_reads_the_npy_export() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_cifar10(tmp.path(), 10, 10);
     extract(tmp.path(), &data, "npy", "f");
-    let set = cnnprobe::export::read(&tmp.path().join("f")).unwrap();
+    let set = cnnprobe::features::store::read(&tmp.path().join("f")).unwrap();
     let first: Vec<f32> = Vec::<f32>::try_from(set.train.x.get(0)).unwrap();
     let script = format!(
         "import numpy as np\nx = np.load(r'{d}/train_features.npy'); y = np.load(r'{d}/train_labels.npy')\n\
@@ -158,4 +158,57 @@ fn damaged_feature_files_are_clear_errors() {
     for d in ["x1", "x2", "x3", "x4", "x5"] {
         assert!(!tmp.path().join(d).join("result.csv").exists());
     }
+}
+
+/// One NaN cell makes every number after it meaningless: `fit` refuses each format with a
+/// one-line error naming the file, row and column, and writes no result or summary row.
+#[test]
+fn non_finite_features_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 10);
+    extract(tmp.path(), &data, "npy", "npy");
+    extract(tmp.path(), &data, "csv", "csv");
+    extract(tmp.path(), &data, "safetensors", "st");
+
+    // CSV: row 3 of train (line 5), column f7.
+    let f = tmp.path().join("csv/features.csv");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let mut cells: Vec<String> = lines[4].split(',').map(String::from).collect();
+    cells[3 + 7] = "NaN".into();
+    lines[4] = cells.join(",");
+    std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+
+    // npy: test row 2, column f5, as an IEEE NaN in place (same size).
+    let f = tmp.path().join("npy/test_features.npy");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let data_start = bytes.len() - 10 * 512 * 4;
+    let at = data_start + (2 * 512 + 5) * 4;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&f, bytes).unwrap();
+
+    // safetensors: +inf in the first train value, rewritten through libtorch.
+    let f = tmp.path().join("st/features.safetensors");
+    let named = tch::Tensor::read_safetensors(&f).unwrap();
+    for (name, t) in &named {
+        if name == "train_features" {
+            let _ = t.get(0).get(0).fill_(f64::INFINITY);
+        }
+    }
+    tch::Tensor::write_safetensors(&named, &f).unwrap();
+
+    for (dir, want) in [
+        ("csv", "features.csv (train rows): row 3, column f7 is NaN or infinite"),
+        ("npy", "test_features.npy: row 2, column f5 is NaN or infinite"),
+        ("st", "features.safetensors (train_features): row 0, column f0 is NaN or infinite"),
+    ] {
+        let out = format!("run-{dir}");
+        let o = fit(tmp.path(), dir, &out);
+        assert_eq!(o.status.code(), Some(1), "{dir}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(want), "{dir}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{dir}: {err}");
+        assert!(!tmp.path().join(&out).join("result.csv").exists(), "{dir}: a result was written");
+    }
+    assert!(!tmp.path().join("s.csv").exists(), "a summary row was written");
 }

@@ -2,7 +2,7 @@
 //! (auto batch size, reduced precision), and the out-of-memory back-off.
 mod common;
 
-use cnnprobe::features::with_backoff;
+use cnnprobe::features::extract::with_backoff;
 use common::*;
 use std::path::Path;
 
@@ -14,7 +14,7 @@ fn extract(cwd: &Path, data: &Path, out: &str, extra: &[&str]) -> std::process::
 }
 
 fn features(cwd: &Path, dir: &str) -> tch::Tensor {
-    cnnprobe::export::read(&cwd.join(dir)).unwrap().train.x
+    cnnprobe::features::store::read(&cwd.join(dir)).unwrap().train.x
 }
 
 #[test]

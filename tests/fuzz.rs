@@ -56,7 +56,7 @@ proptest! {
         for bytes in [mutate(npy, &edits, cut), noise.clone()] {
             let p = dir.path().join("f.npy");
             std::fs::write(&p, &bytes).unwrap();
-            let _ = cnnprobe::export::read_npy(&p, tch::Kind::Float);
+            let _ = cnnprobe::features::npy::read_npy(&p, tch::Kind::Float);
         }
     }
 
@@ -67,7 +67,7 @@ proptest! {
         let (_, _, csv) = seeds(dir.path());
         let p = dir.path().join("features.csv");
         std::fs::write(&p, mutate(csv, &edits, cut)).unwrap();
-        let _ = cnnprobe::export::read_csv(&p, 2);
+        let _ = cnnprobe::features::store::read_csv(&p, 2);
     }
 
     #[test]

@@ -42,7 +42,8 @@ fn hflip_features_are_those_of_the_mirrored_images() {
     args.extend_from_slice(FAST);
     let o = cnnprobe(tmp.path(), &args);
     assert!(o.status.success(), "{}", stderr(&o));
-    let read = |name: &str| cnnprobe::export::read_npy(&tmp.path().join("f").join(name), tch::Kind::Float).unwrap();
+    let read =
+        |name: &str| cnnprobe::features::npy::read_npy(&tmp.path().join("f").join(name), tch::Kind::Float).unwrap();
     let (train, flip) = (read("train_features.npy"), read("train_flip_features.npy"));
     assert_eq!(train.size(), [100, 64 * 16 + 128 * 4]);
     assert_eq!(flip.size(), train.size());

@@ -2,13 +2,14 @@
 //! BN calibration, feature taps and pooling.
 use cnnprobe::data::normalize;
 use cnnprobe::data::Split;
-use cnnprobe::features::{self, BatchSize, FeatureSpec, Pool, Precision, Preprocess};
+use cnnprobe::features::{extract, taps, BatchSize, FeatureSpec, Pool, Precision, Preprocess, Resize};
 use cnnprobe::models::init::{expected_std, InitScheme};
 use cnnprobe::models::layers::LayerKind;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use tch::{Device, Kind, Tensor};
 
-const PRE: Preprocess = Preprocess { stats: normalize::CIFAR10, input_size: 32, precision: Precision::Fp32 };
+const PRE: Preprocess =
+    Preprocess { stats: normalize::CIFAR10, input_size: 32, resize: Resize::Bilinear, precision: Precision::Fp32 };
 
 fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
     ModelConfig { arch, stem, init, zero_init_residual: false, seed, width_mult: 1.0 }
@@ -76,7 +77,7 @@ fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
 }
 
 fn feats(net: &Network, s: &FeatureSpec, data: &Split) -> Tensor {
-    features::extract(net, s, PRE, data, BatchSize::Fixed(16), "test").unwrap().0.x
+    extract::extract(net, s, PRE, data, BatchSize::Fixed(16), "test").unwrap().0.x
 }
 
 #[test]
@@ -86,10 +87,13 @@ fn folded_bn_matches_unfolded_within_1e4_relative() {
         let stem = if arch == Arch::Resnet18 { Stem::Imagenet } else { Stem::Cifar };
         let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 2)).unwrap();
         // Non-trivial BN statistics, so folding has something to fold.
-        features::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
+        extract::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
         let s = spec(&[], Pool::Avg, 1);
         let plain = feats(&net, &s, &data);
+        assert!(!net.is_folded());
         net.fold_batchnorm();
+        // Folded weights are channels-last, and so is the input the extractor feeds them.
+        assert!(net.is_folded(), "folding must switch the input to channels-last");
         let folded = feats(&net, &s, &data);
         let rel = ((&folded - &plain).abs().max() / plain.abs().max()).double_value(&[]);
         assert!(rel < 1e-4, "{}: folded differs by {rel:e} relative", arch.name());
@@ -104,9 +108,9 @@ fn calibration_changes_features_and_is_seeded() {
     let s = spec(&[], Pool::Avg, 1);
     let before = feats(&build(), &s, &data);
     let mut a = build();
-    features::calibrate_batchnorm(&mut a, &data, 32, 5, PRE, 8).unwrap();
+    extract::calibrate_batchnorm(&mut a, &data, 32, 5, PRE, 8).unwrap();
     let mut b = build();
-    features::calibrate_batchnorm(&mut b, &data, 32, 5, PRE, 8).unwrap();
+    extract::calibrate_batchnorm(&mut b, &data, 32, 5, PRE, 8).unwrap();
     let (fa, fb) = (feats(&a, &s, &data), feats(&b, &s, &data));
     assert!(fa.equal(&fb), "same seed, same calibration");
     assert!(!fa.allclose(&before, 1e-3, 1e-3, false), "calibration left the features unchanged");
@@ -119,46 +123,43 @@ fn calibration_changes_features_and_is_seeded() {
 fn taps_and_pooling_give_documented_dimensions() {
     let data = images(4, 3);
     let net = Network::build(&cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
-    let dim = |t: &[&str], p, k| features::feature_dim(&net, &spec(t, p, k), 32).unwrap();
+    let dim = |t: &[&str], p, k| taps::feature_dim(&net, &spec(t, p, k), 32).unwrap();
     assert_eq!(dim(&[], Pool::Avg, 1), 512);
     assert_eq!(dim(&[], Pool::Avg, 2), 2048);
     assert_eq!(dim(&[], Pool::Avgmax, 2), 4096);
     assert_eq!(dim(&["layer2", "layer3", "layer4"], Pool::Avg, 1), 128 + 256 + 512);
     assert_eq!(feats(&net, &spec(&["layer3", "layer4"], Pool::Max, 2), &data).size(), [4, (256 + 512) * 4]);
     // layer4 of a CIFAR-stem ResNet-18 is 4×4 at 32×32 input.
-    let err = features::feature_dim(&net, &spec(&[], Pool::Avg, 5), 32).unwrap_err().to_string();
+    let err = taps::feature_dim(&net, &spec(&[], Pool::Avg, 5), 32).unwrap_err().to_string();
     assert_eq!(err, "--pool-size 5 is larger than the 4×4 map of layer4 at 32×32 input");
-    let err = features::feature_dim(&net, &spec(&["layer9"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    let err = taps::feature_dim(&net, &spec(&["layer9"], Pool::Avg, 1), 32).unwrap_err().to_string();
     assert_eq!(err, "--features layer9: resnet18 has no such stage; choose from layer1, layer2, layer3, layer4");
 
     let vgg = Network::build(&cfg(Arch::Vgg11, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
-    assert_eq!(features::feature_dim(&vgg, &spec(&[], Pool::Avg, 1), 32).unwrap(), 512);
-    assert_eq!(features::feature_dim(&vgg, &spec(&["fc2"], Pool::Avg, 1), 32).unwrap(), 4096);
+    assert_eq!(taps::feature_dim(&vgg, &spec(&[], Pool::Avg, 1), 32).unwrap(), 512);
+    assert_eq!(taps::feature_dim(&vgg, &spec(&["fc2"], Pool::Avg, 1), 32).unwrap(), 4096);
     // `name:K` pools one tap K×K; --width-mult scales every stage's channels.
-    assert_eq!(
-        features::feature_dim(&vgg, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(),
-        64 * 16 + 128 * 4
-    );
+    assert_eq!(taps::feature_dim(&vgg, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(), 64 * 16 + 128 * 4);
     let wide =
         Network::build(&ModelConfig { width_mult: 2.0, ..cfg(Arch::Vgg11, Stem::Cifar, InitScheme::Torchvision, 0) })
             .unwrap();
     assert_eq!(
-        features::feature_dim(&wide, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(),
+        taps::feature_dim(&wide, &spec(&["block1:4", "block2:2"], Pool::Avg, 1), 32).unwrap(),
         2 * (64 * 16 + 128 * 4)
     );
-    assert_eq!(features::feature_dim(&wide, &spec(&[], Pool::Avg, 1), 32).unwrap(), 1024);
+    assert_eq!(taps::feature_dim(&wide, &spec(&[], Pool::Avg, 1), 32).unwrap(), 1024);
     let narrow = Network::build(&ModelConfig {
         width_mult: 0.5,
         ..cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)
     })
     .unwrap();
-    assert_eq!(features::feature_dim(&narrow, &spec(&[], Pool::Avg, 1), 32).unwrap(), 256);
-    let err = features::feature_dim(&vgg, &spec(&["block1:0"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    assert_eq!(taps::feature_dim(&narrow, &spec(&[], Pool::Avg, 1), 32).unwrap(), 256);
+    let err = taps::feature_dim(&vgg, &spec(&["block1:0"], Pool::Avg, 1), 32).unwrap_err().to_string();
     assert_eq!(err, "--features block1:0: the pooling size after ':' must be a positive whole number");
-    let err = features::feature_dim(&vgg, &spec(&["block5:2"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    let err = taps::feature_dim(&vgg, &spec(&["block5:2"], Pool::Avg, 1), 32).unwrap_err().to_string();
     assert_eq!(err, "--pool-size 2 is larger than the 1×1 map of block5 at 32×32 input");
     let r20 = Network::build(&cfg(Arch::Resnet20, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();
-    assert_eq!(features::feature_dim(&r20, &spec(&[], Pool::Avg, 1), 32).unwrap(), 64);
+    assert_eq!(taps::feature_dim(&r20, &spec(&[], Pool::Avg, 1), 32).unwrap(), 64);
     // He et al.'s ResNet-20 has 269,722 parameters (conv, BN affine, fc to 10 classes).
     let params: i64 = r20.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     assert_eq!(params, 269_722);

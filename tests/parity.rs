@@ -5,7 +5,7 @@
 //! and cached under target/; skipped cleanly without the venv.
 mod common;
 
-use cnnprobe::features::{self, FeatureSpec, Pool};
+use cnnprobe::features::{taps, FeatureSpec, Pool};
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::path::PathBuf;
 use std::process::Command;
@@ -50,7 +50,7 @@ fn check(arch: Arch) {
         }
         for size in [32, 224] {
             let x = &arrays[&format!("input{size}")];
-            let (logits, feats) = tch::no_grad(|| (net.body.logits(x), features::forward_batch(&net, &spec, x)));
+            let (logits, feats) = tch::no_grad(|| (net.body.logits(x), taps::forward_batch(&net, &spec, x)));
             let (want_l, want_f) = (&arrays[&format!("logits{size}")], &arrays[&format!("features{size}")]);
             let mut dl = max_abs(&logits, want_l);
             let mut df = max_abs(&feats.unwrap(), want_f);

@@ -3,13 +3,14 @@
 mod common;
 
 use cnnprobe::features::Features;
-use cnnprobe::probe::{self, Normalize, ProbeSettings, Schedule, Solver};
+use cnnprobe::probe::{self, Normalize, ProbeConfig, Schedule, Solver, TrainingData};
 use common::*;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-fn settings(solver: Solver, wd: f64) -> ProbeSettings {
-    ProbeSettings {
+fn settings(solver: Solver, wd: f64) -> ProbeConfig {
+    ProbeConfig {
+        val_fraction: 0.1,
         solver,
         normalize: Normalize::Standardize,
         weight_decay: wd,
@@ -41,7 +42,7 @@ fn separable_data_reaches_99_percent_train_accuracy() {
     let train = blobs(100, 5, 0);
     let val = blobs(20, 5, 1);
     for solver in [Solver::Lbfgs, Solver::Adamw, Solver::Adam, Solver::Sgd] {
-        let fitted = probe::fit(own(&train), &val, None, None, 5, &settings(solver, 1e-6), Device::Cpu).unwrap();
+        let fitted = probe::fit(data(&train, &val, 5), &settings(solver, 1e-6), Device::Cpu).unwrap();
         let acc = probe::metrics::accuracy(&fitted.head.logits(&train.x), &train.y);
         assert!(acc >= 0.99, "{solver:?}: train accuracy {acc}");
     }
@@ -53,7 +54,7 @@ fn wd_search_visits_coarse_and_fine_points_and_refits() {
     let val = blobs(30, 4, 3);
     let mut s = settings(Solver::Lbfgs, 0.0);
     s.wd_search = true;
-    let f = probe::fit(own(&train), &val, None, None, 4, &s, Device::Cpu).unwrap();
+    let f = probe::fit(data(&train, &val, 4), &s, Device::Cpu).unwrap();
     assert_eq!(f.grid.iter().filter(|g| g.stage == "coarse").count(), 6);
     assert_eq!(f.grid.iter().filter(|g| g.stage == "fine").count(), 2);
     assert!(f.grid.iter().any(|g| g.weight_decay == f.chosen_weight_decay));
@@ -80,7 +81,7 @@ fn lbfgs_agrees_with_scikit_learn() {
     let mut s = settings(Solver::Lbfgs, lambda);
     s.normalize = Normalize::None;
     s.max_iter = 2000;
-    let fitted = probe::fit(own(&train), &test, None, None, 6, &s, Device::Cpu).unwrap();
+    let fitted = probe::fit(data(&train, &test, 6), &s, Device::Cpu).unwrap();
     let ours = Vec::<i64>::try_from(fitted.head.logits(&test.x).argmax(1, false)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -106,11 +107,14 @@ fn lbfgs_agrees_with_scikit_learn() {
 fn twin_fixtures(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let a = write_cifar10(&root.join("a"), 20, 30);
     let b = write_cifar10(&root.join("b"), 20, 30);
-    // b's test split: other images, shuffled labels.
+    // b's test split: other images, each labelled as the next class (so a head that is
+    // right on a's test split is wrong on b's).
     let mut rng = Bytes::new(99);
     let mut bytes = Vec::new();
     for i in 0..30 {
-        bytes.extend(record(((i * 7 + 3) % 10) as u8, &mut rng));
+        let mut r = record(((i * 7 + 3) % 10) as u8, &mut rng);
+        r[0] = (r[0] + 1) % 10;
+        bytes.extend(r);
     }
     std::fs::write(b.join("test_batch.bin"), bytes).unwrap();
     (a, b)
@@ -129,9 +133,14 @@ fn choices_never_depend_on_the_test_split() {
     };
     let (ga, gb) = (run(&a, "ra"), run(&b, "rb"));
     assert_eq!(ga, gb, "the search saw something of the test split");
-    // The test split did differ, so the test scores do.
-    let res = |d: &str| std::fs::read_to_string(tmp.path().join(d).join("result.csv")).unwrap();
-    assert_ne!(res("ra"), res("rb"));
+    // The test split did differ, and so do the test scores: the choice was blind to it.
+    let top1 = |d: &str| {
+        let mut r = csv::Reader::from_path(tmp.path().join(d).join("result.csv")).unwrap();
+        let col = r.headers().unwrap().iter().position(|h| h == "test_top1").unwrap();
+        r.records().next().unwrap().unwrap()[col].parse::<f64>().unwrap()
+    };
+    let (ta, tb) = (top1("ra"), top1("rb"));
+    assert!(ta - tb > 0.3, "test top-1 {ta} on the true labels vs {tb} on the shifted ones");
 }
 
 #[test]
@@ -169,7 +178,7 @@ fn run_writes_protocol_files_and_columns() {
         .flat_map(|l| l.split(',').skip(1).map(|v| v.parse::<i64>().unwrap()).collect::<Vec<_>>())
         .sum();
     assert_eq!(total, 30);
-    let mut rdr = csv::Reader::from_path(tmp.path().join("results/summary.csv")).unwrap();
+    let mut rdr = csv::Reader::from_path(tmp.path().join("runs/summary.csv")).unwrap();
     let h = rdr.headers().unwrap().clone();
     for col in ["mean_per_class_recall", "chosen_weight_decay", "solver"] {
         assert!(h.iter().any(|c| c == col), "missing {col}");
@@ -184,4 +193,9 @@ fn run_writes_protocol_files_and_columns() {
 /// `probe::fit` takes the fit rows by value (it frees them before the refit).
 fn own(f: &Features) -> Features {
     Features { x: f.x.shallow_clone(), y: f.y.shallow_clone() }
+}
+
+/// Fit on `train`, choose on `val`, no mirrored views.
+fn data<'a>(train: &Features, val: &'a Features, classes: usize) -> TrainingData<'a> {
+    TrainingData { fit: own(train), val, val_view: None, refit_extra: None, classes }
 }

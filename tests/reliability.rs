@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,7 +111,7 @@ fn full_disk_fails_cleanly() {
     std::fs::create_dir(&tiny).unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&tiny).status();
     if !mounted.map(|s| s.success()).unwrap_or(false) {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        skip("cannot mount a tmpfs here (needs root)");
         return;
     }
     struct Unmount<'a>(&'a Path);
@@ -170,7 +171,13 @@ fn sigint_stops_within_two_seconds_and_removes_temp_files() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Signal once extraction is under way (its first line is on stderr), however long
+    // loading libtorch took on a busy machine; then the process is surely past installing
+    // its handler.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains(" train / "))), "extraction never started");
+    std::thread::spawn(move || lines.for_each(drop));
+    std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "finished before the signal; make the fixture bigger");
     let sent = Instant::now();
     unsafe_kill(child.id(), "INT");
@@ -237,7 +244,7 @@ fn twenty_runs_killed_at_random_moments_leave_only_complete_files() {
         for e in dir {
             let p = e.unwrap().path();
             if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
-                cnnprobe::export::read(&p)
+                cnnprobe::features::store::read(&p)
                     .unwrap_or_else(|e| panic!("cache entry {} is incomplete: {e:#}", p.display()));
             }
         }

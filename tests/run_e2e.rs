@@ -26,13 +26,13 @@ fn run_writes_epochs_config_result_and_summary() {
 
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["model"]["seed"], 3);
-    assert_eq!(cfg["model"]["arch"], "resnet18");
-    assert_eq!(cfg["model"]["init"], "torchvision");
-    assert_eq!(cfg["bn"], "eval");
+    assert_eq!(cfg["extract"]["model"]["seed"], 3);
+    assert_eq!(cfg["extract"]["model"]["arch"], "resnet18");
+    assert_eq!(cfg["extract"]["model"]["init"], "torchvision");
+    assert_eq!(cfg["extract"]["bn"], "eval");
     assert_eq!(cfg["probe"]["epochs"], 5);
 
-    let mut rdr = csv::Reader::from_path(tmp.path().join("results/summary.csv")).unwrap();
+    let mut rdr = csv::Reader::from_path(tmp.path().join("runs/summary.csv")).unwrap();
     let header = rdr.headers().unwrap().clone();
     for col in [
         "dataset",
@@ -76,7 +76,7 @@ fn run_writes_epochs_config_result_and_summary() {
     args2.extend_from_slice(QUICK);
     let out = cnnprobe(tmp.path(), &args2);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = std::fs::read_to_string(tmp.path().join("results/summary.csv")).unwrap();
+    let text = std::fs::read_to_string(tmp.path().join("runs/summary.csv")).unwrap();
     assert_eq!(text.lines().count(), 3);
 }
 
@@ -100,19 +100,24 @@ fn same_seed_same_result_different_seed_different_network() {
     assert_ne!(a, c);
 }
 
+/// A user's run never edits a checkout's committed files: default outputs go to `runs/`.
 #[test]
-fn default_run_dir_is_timestamped_under_results_runs() {
+fn default_run_dir_is_timestamped_under_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_cifar10(tmp.path(), 10, 20);
     let mut a = vec!["run", "--data", data.to_str().unwrap(), "--seed", "7"];
     a.extend_from_slice(QUICK);
     let o = cnnprobe(tmp.path(), &a);
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs: Vec<String> = std::fs::read_dir(tmp.path().join("results/runs"))
+    let runs: Vec<String> = std::fs::read_dir(tmp.path().join("runs"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(runs.len(), 1);
+    assert!(tmp.path().join("runs/summary.csv").is_file());
+    assert!(!tmp.path().join("results").exists());
     assert!(runs[0].ends_with("-cifar10-resnet18-imagenet-s7"), "{}", runs[0]);
     assert!(runs[0].chars().take(8).all(|c| c.is_ascii_digit()));
 }

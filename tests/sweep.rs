@@ -101,3 +101,40 @@ fn killed_sweep_resumes_where_it_stopped() {
     assert!(stderr(&o).contains("4 of 4 configurations were already done"));
     assert_eq!(rows(&csv).len(), 4);
 }
+
+/// The resume key is made of the settings that change results: another thread count (or
+/// a flag spelled out at its default) is the same point; another probe setting is not.
+#[test]
+fn resume_key_ignores_what_cannot_change_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 20);
+    let data = data.to_str().unwrap();
+    let o = cnnprobe(tmp.path(), &sweep_args(data, &["--archs", "resnet20", "--seeds", "0"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut again = sweep_args(data, &["--archs", "resnet20", "--seeds", "0", "--resize", "bilinear"]);
+    again.extend(["--threads", "1"]);
+    let o = cnnprobe(tmp.path(), &again);
+    assert!(stderr(&o).contains("1 of 1 configurations were already done"), "{}", stderr(&o));
+    let o = cnnprobe(tmp.path(), &sweep_args(data, &["--archs", "resnet20", "--seeds", "0", "--val-fraction", "0.2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rows(&tmp.path().join("sw.csv")).len(), 2);
+}
+
+/// A point that fails at run time is a `failed:` row; the other points still run, and the
+/// sweep exits 1 at the end. A re-run tries the failed point again.
+#[test]
+fn a_failing_point_is_recorded_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 20);
+    let data = data.to_str().unwrap();
+    let args = sweep_args(data, &["--archs", "resnet20", "--seeds", "0", "--weight-sources", "missing.pth,random"]);
+    let o = cnnprobe(tmp.path(), &args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 of 2 configurations failed"), "{}", stderr(&o));
+    let status = column(&tmp.path().join("sw.csv"), "status");
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert!(status[0].starts_with("failed: ") && status[0].contains("missing.pth"), "{status:?}");
+    assert_eq!(status[1], "ok");
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(stderr(&o).contains("1 of 2 configurations were already done"), "{}", stderr(&o));
+}

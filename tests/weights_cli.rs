@@ -116,7 +116,7 @@ fn cached_checkpoint_loads_and_equals_its_network() {
     assert!(c.status.success(), "{}", stderr(&c));
     assert_eq!(strip("b"), strip("c"));
     let summary = std::fs::read_to_string(tmp.path().join("s.csv")).unwrap();
-    assert!(summary.lines().nth(1).unwrap().contains(",imagenet,32,dataset,"), "{summary}");
+    assert!(summary.lines().nth(1).unwrap().contains(",imagenet,32,bilinear,dataset,"), "{summary}");
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn compare_runs_random_seeds_against_imagenet() {
     assert_eq!((&rows[1][3], &rows[1][4]), ("imagenet", "1"));
     assert!(rows[1][6].parse::<f64>().is_ok());
     // Three runs, three summary rows.
-    let summary = std::fs::read_to_string(tmp.path().join("results/summary.csv")).unwrap();
+    let summary = std::fs::read_to_string(tmp.path().join("runs/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 4);
 
     // Without the checkpoint and offline, the pretrained column says so instead of failing.

@@ -5,7 +5,7 @@
 //! the dataset folder renamed into place, so an interrupted run never leaves a folder that
 //! a later run would trust.
 use super::cifar::Cifar;
-use crate::fetch::{self, Checksum};
+use crate::util::fetch::{self, Checksum};
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

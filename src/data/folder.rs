@@ -61,7 +61,7 @@ fn read_split(
         let name = extra.file_name().unwrap_or_default().to_string_lossy().into_owned();
         ensure!(classes.contains(&name), "{}: class {name} is not among the train classes", dir.display());
     }
-    let bar = crate::progress::images(0, dir.file_name().unwrap_or_default().to_string_lossy().as_ref());
+    let bar = crate::util::progress::images(0, dir.file_name().unwrap_or_default().to_string_lossy().as_ref());
     let (mut pixels, mut labels, mut first): (Vec<u8>, Vec<i64>, Option<PathBuf>) = (Vec::new(), Vec::new(), None);
     for (label, class) in classes.iter().enumerate() {
         let cdir = dir.join(class);
@@ -70,7 +70,7 @@ fn read_split(
         ensure!(!files.is_empty(), "class folder {} has no images (.jpg, .jpeg, .png)", cdir.display());
         bar.inc_length(files.len() as u64);
         for f in files {
-            crate::interrupt::check()?;
+            crate::util::interrupt::check()?;
             let img = match image::open(&f) {
                 Ok(i) => i.to_rgb8(),
                 Err(e) if opts.skip_bad => {

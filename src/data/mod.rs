@@ -4,7 +4,11 @@ pub mod cifar;
 pub mod download;
 pub mod folder;
 pub mod normalize;
+pub mod source;
 pub mod split;
+
+pub use normalize::InputNorm;
+pub use source::{DataConfig, DatasetName, LabelSet};
 
 use tch::Tensor;
 

@@ -1,10 +1,13 @@
 //! Frozen backbones with torchvision-exact structure, names and initialisation.
+pub mod frozen;
 pub mod init;
 pub mod layers;
 pub mod pretrained;
 pub mod resnet;
 pub mod vgg;
 pub mod weights;
+
+pub use frozen::WeightsSource;
 
 use anyhow::Result;
 use clap::ValueEnum;
@@ -287,6 +290,7 @@ impl Network {
     /// final, i.e. after loading and calibration).
     pub fn fold_batchnorm(&mut self) {
         self.body.units_mut().into_iter().for_each(|u| u.fold());
+        self.folded = true;
     }
 
     /// Whether `fold_batchnorm` ran (the frozen weights are then channels-last).
@@ -296,6 +300,7 @@ impl Network {
 
     pub fn unfold_batchnorm(&mut self) {
         self.body.units_mut().into_iter().for_each(|u| u.unfold());
+        self.folded = false;
     }
 
     /// All BatchNorm layers.

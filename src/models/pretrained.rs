@@ -1,7 +1,7 @@
 //! torchvision's official ImageNet checkpoints: where they are published, and where
 //! torchvision caches them, so an existing torchvision cache is reused as it is.
 use super::Arch;
-use crate::fetch::{self, Checksum};
+use crate::util::fetch::{self, Checksum};
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
@@ -49,13 +49,22 @@ pub fn ensure_checkpoint(arch: Arch, mirror: Option<&str>) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path);
     }
-    let url = format!("{}/{file}", mirror.unwrap_or(TORCHVISION_BASE).trim_end_matches('/'));
-    let prefix = file.rsplit_once('-').map(|(_, h)| h.trim_end_matches(".pth")).unwrap_or_default();
-    fetch::download(&url, &path, &Checksum::Sha256Prefix(prefix.to_string())).map_err(|e| {
+    let url = url(file, mirror);
+    fetch::download(&url, &path, &Checksum::Sha256Prefix(sha256_prefix(file).to_string())).map_err(|e| {
         e.context(format!(
             "--weights imagenet: {url} is not available offline; place that file at {} (torchvision's cache, moved by $TORCH_HOME)",
             path.display()
         ))
     })?;
     Ok(path)
+}
+
+/// Where `file` is downloaded from: torchvision's server, or `mirror`.
+pub fn url(file: &str, mirror: Option<&str>) -> String {
+    format!("{}/{file}", mirror.unwrap_or(TORCHVISION_BASE).trim_end_matches('/'))
+}
+
+/// The sha256 prefix in a torchvision file name (`resnet18-f37072fd.pth` → `f37072fd`).
+pub fn sha256_prefix(file: &str) -> &str {
+    file.rsplit_once('-').map(|(_, h)| h.trim_end_matches(".pth")).unwrap_or_default()
 }

@@ -144,8 +144,10 @@ pub struct Solution {
 
 /// Minimises `p` from `theta0` with L-BFGS (history 10, diagonal initial inverse Hessian)
 /// and a backtracking Armijo line search; stops when the gradient's max-norm with respect
-/// to (W, b) falls below `tol`, when the relative decrease stalls, or after `max_iter`.
-pub fn minimize(p: &Problem, theta0: Tensor, max_iter: usize, tol: f64) -> Solution {
+/// to (W, b) falls below `tol`, when the relative decrease stalls, when no step along the
+/// search direction decreases the loss, or after `max_iter`. A signal is an error: an
+/// interrupted solve is never mistaken for a finished one.
+pub fn minimize(p: &Problem, theta0: Tensor, max_iter: usize, tol: f64) -> anyhow::Result<Solution> {
     const M: usize = 10;
     let d0 = p.preconditioner();
     let mut theta = theta0;
@@ -156,7 +158,8 @@ pub fn minimize(p: &Problem, theta0: Tensor, max_iter: usize, tol: f64) -> Solut
     let dot = |a: &Tensor, b: &Tensor| a.dot(b).double_value(&[]);
     let mut iterations = 0;
     while iterations < max_iter {
-        if crate::interrupt::requested() || p.w_gradient_max(&g) < tol {
+        crate::util::interrupt::check()?;
+        if p.w_gradient_max(&g) < tol {
             break;
         }
         // Two-loop recursion: d = −H·g, with H₀ = γ·D.
@@ -185,14 +188,9 @@ pub fn minimize(p: &Problem, theta0: Tensor, max_iter: usize, tol: f64) -> Solut
             d = -(&g * &d0);
             slope = dot(&g, &d);
         }
-        let mut step = 1.0;
-        let (theta_new, f_new, g_new) = loop {
-            let cand = &theta + &d * step;
-            let (fc, gc) = p.eval(&cand);
-            if fc <= f + 1e-4 * step * slope || step < 1e-10 {
-                break (cand, fc, gc);
-            }
-            step *= 0.5;
+        let Some((theta_new, f_new, g_new)) = line_search(|t| p.eval(t), &theta, &d, f, slope) else {
+            // No step decreases the loss: theta is as good as this direction allows.
+            break;
         };
         let s = &theta_new - &theta;
         let y = &g_new - &g;
@@ -219,5 +217,55 @@ pub fn minimize(p: &Problem, theta0: Tensor, max_iter: usize, tol: f64) -> Solut
             break;
         }
     }
-    Solution { theta, loss: f, iterations }
+    Ok(Solution { theta, loss: f, iterations })
+}
+
+/// Backtracking from a full step until the Armijo condition holds; None when even a
+/// step of 1e-10 does not decrease the loss enough (a worse point is never accepted).
+fn line_search(
+    eval: impl Fn(&Tensor) -> (f64, Tensor),
+    theta: &Tensor,
+    d: &Tensor,
+    f: f64,
+    slope: f64,
+) -> Option<(Tensor, f64, Tensor)> {
+    let mut step = 1.0;
+    while step >= 1e-10 {
+        let cand = theta + d * step;
+        let (fc, gc) = eval(&cand);
+        if fc <= f + 1e-4 * step * slope {
+            return Some((cand, fc, gc));
+        }
+        step *= 0.5;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f(θ) = ‖θ‖², evaluated with its gradient.
+    fn bowl(t: &Tensor) -> (f64, Tensor) {
+        (t.dot(t).double_value(&[]), t * 2.0)
+    }
+
+    #[test]
+    fn line_search_takes_a_decreasing_step() {
+        let theta = Tensor::from_slice(&[1.0f64, -2.0]);
+        let (f, g) = bowl(&theta);
+        let d = -&g;
+        let slope = g.dot(&d).double_value(&[]);
+        let (_, f_new, _) = line_search(bowl, &theta, &d, f, slope).expect("a descent direction has a step");
+        assert!(f_new < f);
+    }
+
+    #[test]
+    fn line_search_never_returns_a_worse_point() {
+        // Uphill, while the slope claims descent (as rounding can make it): no step satisfies
+        // Armijo, and the search must say so rather than hand back the last, worse, candidate.
+        let theta = Tensor::from_slice(&[1.0f64, -2.0]);
+        let (f, g) = bowl(&theta);
+        assert!(line_search(bowl, &theta, &g, f, -1e-3).is_none());
+    }
 }

@@ -2,8 +2,8 @@
 //! optimisers, a cosine or step schedule, and early stopping on validation loss. The head
 //! lives in its own VarStore; the backbone is never seen here.
 use super::metrics::accuracy;
-use super::{EpochLog, ProbeSettings, Schedule, Solver};
-use crate::progress;
+use super::{EpochLog, ProbeConfig, Schedule, Solver};
+use crate::util::progress;
 use anyhow::Result;
 use std::time::Instant;
 use tch::nn::{self, Module, OptimizerConfig};
@@ -28,7 +28,7 @@ pub fn train(
     val: Option<(&Tensor, &Tensor)>,
     classes: i64,
     weight_decay: f64,
-    s: &ProbeSettings,
+    s: &ProbeConfig,
     device: tch::Device,
 ) -> Result<Trained> {
     let n = x.size()[0];
@@ -50,7 +50,7 @@ pub fn train(
     let mut best_val_loss = f64::INFINITY;
     let mut since_best_loss = 0;
     for epoch in 1..=s.epochs {
-        crate::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let lr = s.schedule.lr(s.lr, epoch, s.epochs);
         opt.set_lr(lr);
         let perm = Tensor::randperm(n, (Kind::Int64, x.device()));

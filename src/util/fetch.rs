@@ -1,7 +1,7 @@
 //! Downloads that are verified before they are trusted: streamed to a temp name beside
 //! the destination, hashed on the way, and renamed into place only when complete and
 //! matching. Used for datasets (md5) and torchvision checkpoints (sha256 prefix).
-use crate::progress;
+use crate::util::progress;
 use anyhow::{bail, Context, Result};
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -31,7 +31,7 @@ pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
     let (mut md5, mut sha) = (Md5::new(), Sha256::new());
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        crate::interrupt::check()?;
+        crate::util::interrupt::check()?;
         let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off"))?;
         if n == 0 {
             break;
@@ -61,7 +61,7 @@ pub fn download(url: &str, dest: &Path, sum: &Checksum) -> Result<()> {
         }
     }
     tmp.as_file().sync_all()?;
-    crate::files::make_public(tmp.path())?;
+    crate::util::files::make_public(tmp.path())?;
     tmp.persist(dest)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the download to {}", dest.display()))?;
@@ -83,6 +83,14 @@ fn open(url: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
 pub fn md5_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Md5::new();
+    io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// sha256 of a file on disk, lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
     io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", hasher.finalize()))
 }

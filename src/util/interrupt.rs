@@ -16,6 +16,11 @@ pub fn install() {
     });
 }
 
+/// Asks every long loop to stop, as a signal does (for library users and tests).
+pub fn request() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
 /// Fails once a stop was requested.
 pub fn check() -> anyhow::Result<()> {
     if STOP.load(Ordering::Relaxed) {

@@ -42,3 +42,24 @@ pub fn name(d: Device) -> String {
         _ => "cpu".into(),
     }
 }
+
+/// Where the work runs: a device spec (checked against the machine by `setup`) and the
+/// libtorch CPU thread count.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Compute {
+    pub device: String,
+    pub threads: usize,
+}
+
+impl Compute {
+    /// Sets the thread count and resolves the device.
+    pub fn setup(&self) -> Result<Device> {
+        tch::set_num_threads(self.threads as i32);
+        let device = resolve(&self.device)?;
+        if device.is_cuda() {
+            // Fixed input shapes: let cuDNN pick the fastest kernels once.
+            Cuda::cudnn_set_benchmark(true);
+        }
+        Ok(device)
+    }
+}

@@ -1,167 +1,39 @@
-//! Frozen feature extraction: which stages to tap and how to pool them, BatchNorm
-//! calibration, and the batched extraction loop (uint8 batches go to the device, are
-//! converted and normalised there, and pooled features land in a preallocated CPU matrix).
+//! The batched extraction loop (uint8 batches go to the device, are converted and
+//! normalised there, and pooled features land in a preallocated CPU matrix), BatchNorm
+//! calibration, and the numerical health check of the result.
+use super::taps::{feature_dim, forward, resolve, FeatureSpec};
 use crate::data::normalize::ChannelStats;
 use crate::data::{split, Split};
 use crate::models::layers::BnMode;
 use crate::models::Network;
-use crate::progress;
+use crate::util::{interrupt, progress};
 use anyhow::{bail, ensure, Result};
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// How a stage's feature map becomes a vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pool {
-    Avg,
-    Max,
-    /// Average and max pooled maps, concatenated (twice the dimension).
-    Avgmax,
-}
-
-/// Which features a run extracts.
-#[derive(Clone, Debug, Serialize)]
-pub struct FeatureSpec {
-    /// Stage names (layer1…, block1…, or `fc2` for VGG's classifier features); empty means
-    /// the family's default, the last stage.
-    pub taps: Vec<String>,
-    pub pool: Pool,
-    /// Adaptive K×K pooling: each tapped stage gives C·K² values (2·C·K² with avgmax).
-    pub pool_size: i64,
-}
-
-impl FeatureSpec {
-    pub fn label(&self) -> String {
-        if self.taps.is_empty() {
-            "last".into()
-        } else {
-            self.taps.join("+")
-        }
-    }
-}
-
-/// A tap resolved against a network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tap {
-    Stage(usize),
-    Classifier,
-}
-
-/// The taps of `spec` resolved against `net`, each with its pooling size (`name:K`
-/// overrides `--pool-size` for that tap); errors name the valid choices.
-fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64)>> {
-    let names = net.body.stage_names();
-    if spec.taps.is_empty() {
-        return Ok(vec![(Tap::Stage(names.len() - 1), spec.pool_size)]);
-    }
-    let mut taps = Vec::new();
-    for t in &spec.taps {
-        let (name, size) = match t.split_once(':') {
-            Some((name, k)) => match k.parse::<i64>() {
-                Ok(k) if k > 0 => (name, k),
-                _ => {
-                    return Err(crate::UsageError(format!(
-                        "--features {t}: the pooling size after ':' must be a positive whole number"
-                    ))
-                    .into())
-                }
-            },
-            None => (t.as_str(), spec.pool_size),
-        };
-        if name == "fc2" && net.arch.is_vgg() {
-            taps.push((Tap::Classifier, size));
-        } else if let Some(i) = names.iter().position(|n| n == name) {
-            taps.push((Tap::Stage(i), size));
-        } else {
-            let extra = if net.arch.is_vgg() { ", fc2" } else { "" };
-            return Err(crate::UsageError(format!(
-                "--features {t}: {} has no such stage; choose from {}{extra}",
-                net.arch.name(),
-                names.join(", ")
-            ))
-            .into());
-        }
-    }
-    Ok(taps)
-}
-
-/// The feature vector of a batch, under `mode`.
-fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
-    let last_needed = net.body.stage_names().len() - 1;
-    let until = taps
-        .iter()
-        .map(|(t, _)| match t {
-            Tap::Stage(i) => *i,
-            Tap::Classifier => last_needed,
-        })
-        .max()
-        .unwrap_or(last_needed);
-    let stages = net.body.forward_stages(x, mode, until);
-    let parts: Vec<Tensor> = taps
-        .iter()
-        .map(|(t, k)| match t {
-            Tap::Stage(i) => pool(&stages[*i], spec.pool, *k),
-            Tap::Classifier => net.body.classifier_features(&stages[until]).expect("VGG has a classifier"),
-        })
-        .collect();
-    if parts.len() == 1 {
-        parts.into_iter().next().expect("one part")
-    } else {
-        Tensor::cat(&parts, 1)
-    }
-}
-
-fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
-    let avg = || map.adaptive_avg_pool2d([k, k]).flatten(1, -1);
-    let max = || map.adaptive_max_pool2d([k, k]).0.flatten(1, -1);
-    match pool {
-        Pool::Avg => avg(),
-        Pool::Max => max(),
-        Pool::Avgmax => Tensor::cat(&[avg(), max()], 1),
-    }
-}
-
-/// Features of an already normalised float batch (parity checks, library users).
-pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Tensor> {
-    let taps = resolve(net, spec)?;
-    Ok(tch::no_grad(|| forward(net, x, spec, &taps, BnMode::Eval)))
-}
-
-/// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails
-/// when `--pool-size` exceeds a tapped stage's map.
-pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
-    let taps = resolve(net, spec)?;
-    tch::no_grad(|| {
-        let x = Tensor::zeros([1, 3, input, input], (net.kind(), net.device()));
-        let stages = net.body.forward_stages(&x, BnMode::Eval, net.body.stage_names().len() - 1);
-        for (t, k) in &taps {
-            if let Tap::Stage(i) = t {
-                let size = stages[*i].size();
-                let (h, w) = (size[2], size[3]);
-                if *k > h.min(w) {
-                    return Err(crate::UsageError(format!(
-                        "--pool-size {k} is larger than the {h}×{w} map of {} at {input}×{input} input",
-                        net.body.stage_names()[*i]
-                    ))
-                    .into());
-                }
-            }
-        }
-        Ok(forward(net, &x, spec, &taps, BnMode::Eval).size()[1])
-    })
-}
 
 /// How uint8 images become network input.
 #[derive(Clone, Copy, Debug)]
 pub struct Preprocess {
     pub stats: ChannelStats,
-    /// Square input size; images of another size are resized (bilinear) on the device.
+    /// Square input size; images of another size are resized on the device.
     pub input_size: i64,
+    pub resize: Resize,
     /// Compute precision of the network (features are always stored as float32).
     pub precision: Precision,
+}
+
+/// `--resize`: the interpolation that brings images to the input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    Bilinear,
+    /// torchvision's choice for its ImageNet weights' evaluation transforms (and the
+    /// standard transfer protocol); values are clamped to the pixel range as on uint8 images.
+    Bicubic,
 }
 
 /// `--precision`: the dtype the frozen network computes in.
@@ -191,7 +63,7 @@ pub enum BatchSize {
     Fixed(usize),
 }
 
-impl std::str::FromStr for BatchSize {
+impl FromStr for BatchSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
@@ -204,8 +76,8 @@ impl std::str::FromStr for BatchSize {
     }
 }
 
-impl std::fmt::Display for BatchSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+impl fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             BatchSize::Auto => write!(f, "auto"),
             BatchSize::Fixed(n) => write!(f, "{n}"),
@@ -260,6 +132,7 @@ struct Normalizer {
     shift: Tensor,
     device: Device,
     size: i64,
+    resize: Resize,
     kind: Kind,
     /// Match the folded (channels-last) weights, so no layer converts layouts.
     channels_last: bool,
@@ -275,6 +148,7 @@ impl Normalizer {
             shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),
             device,
             size: pre.input_size,
+            resize: pre.resize,
             kind: pre.precision.kind(),
             channels_last: false,
         }
@@ -293,11 +167,20 @@ impl Normalizer {
         let (h, w) = (x.size()[2], x.size()[3]);
         if (h, w) != (self.size, self.size) {
             let out = [self.size, self.size];
-            x = if self.size < h.min(w) {
-                // Shrinking needs antialiasing, as torchvision's Resize does on tensors.
-                Tensor::internal_upsample_bilinear2d_aa(&x, out, false, None, None)
-            } else {
-                x.upsample_bilinear2d(out, false, None, None)
+            // Shrinking needs antialiasing, as torchvision's Resize does on tensors.
+            let shrink = self.size < h.min(w);
+            x = match self.resize {
+                Resize::Bilinear if shrink => Tensor::internal_upsample_bilinear2d_aa(&x, out, false, None, None),
+                Resize::Bilinear => x.upsample_bilinear2d(out, false, None, None),
+                Resize::Bicubic => {
+                    let y = if shrink {
+                        Tensor::internal_upsample_bicubic2d_aa(&x, out, false, None, None)
+                    } else {
+                        x.upsample_bicubic2d(out, false, None, None)
+                    };
+                    // Bicubic overshoots; pixels 0 and 255 normalised are the bounds.
+                    y.clamp_tensor(Some(&self.shift), Some(&(&self.scale * 255.0 + &self.shift)))
+                }
             };
         }
         if self.kind != Kind::Float {
@@ -307,6 +190,43 @@ impl Normalizer {
             x = crate::models::layers::channels_last(&x);
         }
         x
+    }
+}
+
+/// `--bn`: what a random network's BatchNorm statistics are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnSetting {
+    /// Running stats 0/1 as initialised: BN is the affine identity at init.
+    Eval,
+    /// Recompute running mean/var from N training images (no labels, no gradients).
+    Calibrate(usize),
+}
+
+impl FromStr for BnSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "eval" => Ok(BnSetting::Eval),
+            _ => match s.strip_prefix("calibrate:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n > 0 => Ok(BnSetting::Calibrate(n)),
+                _ => Err(format!("'{s}': use eval or calibrate:N with N > 0 images")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for BnSetting {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            BnSetting::Eval => write!(f, "eval"),
+            BnSetting::Calibrate(n) => write!(f, "calibrate:{n}"),
+        }
+    }
+}
+
+impl Serialize for BnSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -372,7 +292,7 @@ pub fn extract(
     tch::no_grad(|| -> Result<()> {
         let mut i = 0;
         while i < n {
-            crate::interrupt::check()?;
+            interrupt::check()?;
             let (f, used) = with_backoff(size.min((n - i) as usize), |len| {
                 let batch = split.images.narrow(0, i, len as i64);
                 match batch_size {
@@ -394,17 +314,28 @@ pub fn extract(
     Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))
 }
 
-/// Why a feature matrix is useless to a probe, if it is. Works in row blocks and column
-/// reductions, so checking 50k×2048 features adds no full-size temporaries.
-fn degeneracy(x: &Tensor) -> Option<&'static str> {
+/// Row and column of the first NaN/Inf of a (N, D) matrix, scanned in row blocks.
+pub fn first_non_finite(x: &Tensor) -> Option<(i64, i64)> {
     let n = x.size()[0];
     let mut start = 0;
     while start < n {
         let len = 4096.min(n - start);
-        if !bool::try_from(x.narrow(0, start, len).isfinite().all()).unwrap_or(false) {
-            return Some("NaN/Inf");
+        let bad = x.narrow(0, start, len).isfinite().logical_not_();
+        if bool::try_from(bad.any()).unwrap_or(true) {
+            let at = bad.nonzero();
+            return Some((start + at.int64_value(&[0, 0]), at.int64_value(&[0, 1])));
         }
         start += len;
+    }
+    None
+}
+
+/// Why a feature matrix is useless to a probe, if it is. Works in row blocks and column
+/// reductions, so checking 50k×2048 features adds no full-size temporaries.
+fn degeneracy(x: &Tensor) -> Option<&'static str> {
+    let n = x.size()[0];
+    if first_non_finite(x).is_some() {
+        return Some("NaN/Inf");
     }
     let (hi, lo) = (x.amax(0, false), x.amin(0, false));
     if hi.max().double_value(&[]) == 0.0 && lo.min().double_value(&[]) == 0.0 {

@@ -3,9 +3,10 @@
 //! modification time) and every setting that changes features; an entry is an `extract`
 //! directory (safetensors), renamed into place only when complete. An entry that fails
 //! to read is removed and extracted again.
-use crate::config::{RunConfig, WeightsSource};
-use crate::export::{self, FeatureFormat};
-use crate::pipeline::{self, FeatureSet};
+use super::set::{extract_features, ExtractConfig, FeatureSet};
+use super::store::{self, FeatureFormat};
+use crate::data::DatasetName;
+use crate::models::WeightsSource;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -13,14 +14,10 @@ use tch::Device;
 
 /// Default cache location: $CNNPROBE_CACHE_DIR, else ~/.cache/cnnprobe/features.
 pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CNNPROBE_CACHE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d);
+    match std::env::var_os("CNNPROBE_CACHE_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => crate::util::files::cache_home().join("cnnprobe").join("features"),
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    cache.join("cnnprobe").join("features")
 }
 
 /// Size and modification time of a file, as part of a key.
@@ -35,8 +32,8 @@ fn identity(path: &Path) -> String {
 }
 
 /// The cache key of `cfg`'s features on `device`'s kind of hardware.
-pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
-    let files: Vec<String> = if cfg.data.dataset == crate::config::DatasetName::Folder {
+pub fn key(cfg: &ExtractConfig, data_dir: &Path, device: Device) -> Result<String> {
+    let files: Vec<String> = if cfg.data.dataset == DatasetName::Folder {
         // Every image's identity, hashed down to one line.
         let mut all = Vec::new();
         walk(data_dir, &mut all);
@@ -63,30 +60,11 @@ pub fn key(cfg: &RunConfig, data_dir: &Path, device: Device) -> Result<String> {
     // Everything that changes the numbers, nothing that only changes speed or logs.
     let material = serde_json::json!({
         "files": files,
-        "dataset": cfg.data.dataset_name(),
-        "labels": cfg.data.labels_name(),
-        "limit": cfg.data.limit,
-        "folder_size": cfg.data.folder_size,
-        "skip_bad_images": cfg.data.skip_bad_images,
-        "model": cfg.model,
+        "settings": cfg.identity(),
         "weights": weights,
-        "input_size": cfg.input_size,
-        "input_norm": cfg.input_norm,
-        "bn": cfg.bn,
-        "fold_bn": cfg.fold_bn,
-        "features": cfg.features,
-        "precision": cfg.precision,
         "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "cnnprobe": crate::VERSION,
     });
-    let mut material = material;
-    // Only when on, so entries made before the flag existed keep their keys.
-    if cfg.hflip {
-        material["hflip"] = serde_json::json!(true);
-    }
-    if cfg.hflip_test {
-        material["hflip_test"] = serde_json::json!(true);
-    }
     let digest = Sha256::digest(material.to_string().as_bytes());
     Ok(digest.iter().take(10).map(|b| format!("{b:02x}")).collect())
 }
@@ -105,12 +83,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Features of `cfg`: from the cache when an entry exists, else extracted and stored.
-pub fn features(cfg: &RunConfig, device: Device, dir: &Path) -> Result<FeatureSet> {
-    let data_dir = pipeline::dataset_dir(cfg)?;
+pub fn features(cfg: &ExtractConfig, device: Device, dir: &Path) -> Result<FeatureSet> {
+    let data_dir = cfg.data.dir()?;
     let key = key(cfg, &data_dir, device)?;
     let entry = dir.join(&key);
     if entry.join("features.json").is_file() {
-        match export::read(&entry) {
+        match store::read(&entry) {
             Ok(mut set) => {
                 eprintln!("features: cache hit {}", entry.display());
                 mark(&mut set, "hit", &key);
@@ -122,13 +100,13 @@ pub fn features(cfg: &RunConfig, device: Device, dir: &Path) -> Result<FeatureSe
             }
         }
     }
-    let mut set = pipeline::extract_features(cfg, device)?;
+    let mut set = extract_features(cfg, device)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create cache dir {}", dir.display()))?;
     let tmp = tempfile::Builder::new().prefix(&format!(".{key}.")).tempdir_in(dir)?;
-    export::write(tmp.path(), &set, FeatureFormat::Safetensors)?;
+    store::write(tmp.path(), &set, FeatureFormat::Safetensors)?;
     // A concurrent run may have stored the same entry first; either copy is complete.
     let staged = tmp.keep();
-    crate::files::make_public(&staged)?;
+    crate::util::files::make_public(&staged)?;
     if std::fs::rename(&staged, &entry).is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }

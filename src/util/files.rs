@@ -5,6 +5,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// `$XDG_CACHE_HOME`, else `~/.cache`: the parent of cnnprobe's caches (data, features).
+pub fn cache_home() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// Temp files are created private (0600); a finished output gets the usual 0644 (0755 for
 /// a directory) before it is renamed into place.
 pub fn make_public(path: &Path) -> Result<()> {
@@ -38,6 +47,12 @@ where
         .map_err(|e| e.error)
         .with_context(|| format!("cannot move the finished file into place at {}", path.display()))?;
     Ok(())
+}
+
+/// Any serialisable value as pretty JSON (config.json, features.json), written atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    write_atomic(path, |w| Ok(writeln!(w, "{json}")?))
 }
 
 /// Appends CSV `rows` under `header` to `path`, holding an exclusive lock on a sibling

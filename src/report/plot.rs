@@ -1,7 +1,7 @@
 //! `cnnprobe plot`: test top-1 (or another metric column) per architecture (or another
 //! grouping column), random weights (mean ± sd over seeds) beside pretrained, from a
 //! summary or sweep CSV, as SVG or PNG.
-use crate::report::mean_sd;
+use super::aggregate::mean_sd;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
 use plotters::prelude::*;
@@ -107,28 +107,17 @@ pub fn plot(csv_path: &Path, out: &Path, chart: &Chart) -> Result<()> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
     }
-    crate::files::make_public(&tmp)?;
+    crate::util::files::make_public(&tmp)?;
     tmp.persist(out).with_context(|| format!("cannot move the chart to {}", out.display()))?;
     Ok(())
 }
 
-/// Text layout needs a TrueType font (plotters measures text with it, for SVG too).
+/// Text layout needs a TrueType font (plotters measures text with it, for SVG too): one
+/// ships with the crate (see font/LICENSE), so charts never depend on the system's fonts.
 fn register_font() -> Result<()> {
-    const CANDIDATES: &[&str] = &[
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    ];
-    for path in CANDIDATES {
-        if let Ok(bytes) = std::fs::read(path) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return Ok(());
-            }
-        }
-    }
-    bail!("charts need a TrueType font (e.g. Debian's fonts-dejavu-core); none found in the usual places")
+    static FONT: &[u8] = include_bytes!("font/DejaVuSans-subset.ttf");
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| anyhow::anyhow!("the built-in chart font could not be loaded"))
 }
 
 /// "test top-1" for test_top1, "val acc" for val_acc, …

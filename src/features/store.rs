@@ -2,14 +2,14 @@
 //! features in one format plus `features.json` (how they were made, class names). Every
 //! file is written under a temp name and renamed when complete; features.json is written
 //! last, so a directory without it is an unfinished export and is never read.
-use crate::features::Features;
-use crate::files::write_atomic;
-use crate::pipeline::FeatureSet;
-use crate::progress;
+use super::extract::{first_non_finite, Features};
+use super::npy::{read_npy, write_npy};
+use super::set::FeatureSet;
+use crate::util::files::{write_atomic, write_json};
+use crate::util::{interrupt, progress};
 use anyhow::{bail, ensure, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -89,7 +89,7 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         provenance: set.provenance.clone(),
         cnnprobe_version: crate::VERSION.into(),
     };
-    crate::report::write_json(&dir.join("features.json"), &manifest)
+    write_json(&dir.join("features.json"), &manifest)
 }
 
 /// Writes through a temp name in the same directory, renamed when complete.
@@ -102,49 +102,9 @@ fn write_tensor_file(path: &Path, write: impl FnOnce(&Path) -> Result<(), tch::T
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?
         .into_temp_path();
     write(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
-    crate::files::make_public(&tmp)?;
+    crate::util::files::make_public(&tmp)?;
     tmp.persist(path).with_context(|| format!("cannot move the finished file to {}", path.display()))?;
     Ok(())
-}
-
-/// A float32 or int64 matrix/vector as .npy, streamed a block of rows at a time (tch's own
-/// writer copies the whole tensor into one buffer first: 400 MB for 50k×2048 features).
-fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
-    let descr = match t.kind() {
-        Kind::Float => "<f4",
-        Kind::Int64 => "<i8",
-        k => bail!("cannot write {k:?} tensors as .npy"),
-    };
-    let shape = t.size();
-    let shape_text = match shape.as_slice() {
-        [n] => format!("({n},)"),
-        dims => format!("({})", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    write_atomic(path, |w| {
-        w.write_all(b"\x93NUMPY\x01\x00")?;
-        w.write_all(&(header.len() as u16).to_le_bytes())?;
-        w.write_all(header.as_bytes())?;
-        let n = shape[0];
-        let t = t.contiguous();
-        let mut start = 0;
-        while start < n {
-            crate::interrupt::check()?;
-            let len = 4096.min(n - start);
-            let block = t.narrow(0, start, len).contiguous().view([-1]);
-            match t.kind() {
-                Kind::Float => Vec::<f32>::try_from(&block)?.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
-                _ => Vec::<i64>::try_from(&block)?.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
-            }
-            start += len;
-        }
-        Ok(())
-    })
 }
 
 /// `split,index,label,f0,…,fD-1`, streamed a block of rows at a time (a 50k×2048 export
@@ -164,7 +124,7 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
             let labels = Vec::<i64>::try_from(&f.y)?;
             let mut start = 0;
             while start < n {
-                crate::interrupt::check()?;
+                interrupt::check()?;
                 let len = 1024.min(n - start);
                 let block = Vec::<f32>::try_from(f.x.narrow(0, start, len).contiguous().view([-1]))?;
                 for (r, row) in block.chunks(dim as usize).enumerate() {
@@ -257,6 +217,18 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
         let classes = m.class_names.len() as i64;
         let (lo, hi) = (f.y.min().int64_value(&[]), f.y.max().int64_value(&[]));
         ensure!(lo >= 0 && hi < classes, "{what} labels span {lo}..{hi}, outside the {classes} classes");
+        // The same health check as extraction: a NaN would make every number after it meaningless.
+        if let Some((row, col)) = first_non_finite(&f.x) {
+            let file = match m.format {
+                FeatureFormat::Npy => format!("{name}_features.npy"),
+                FeatureFormat::Safetensors => format!("features.safetensors ({name}_features)"),
+                FeatureFormat::Csv => format!("features.csv ({name} rows)"),
+            };
+            bail!(
+                "{}: row {row}, column f{col} is NaN or infinite; feature files must be finite",
+                dir.join(file).display()
+            );
+        }
         checked.push((name, f));
     }
     if !found.is_empty() {
@@ -266,51 +238,6 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     let (train, test) = (take("train").expect("always expected"), take("test").expect("always expected"));
     let (train_flip, test_flip) = (take("train_flip"), take("test_flip"));
     Ok(FeatureSet { train, test, train_flip, test_flip, class_names: m.class_names, provenance: m.provenance })
-}
-
-/// npy reader with the bounds check tch's own lacks: the header's shape must match the
-/// file's length, so a truncated file is an error, never an out-of-bounds read.
-pub fn read_npy(path: &Path, want: Kind) -> Result<Tensor> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let bad = |why: &str| anyhow::anyhow!("{}: not a valid .npy file ({why})", path.display());
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("no NUMPY magic"));
-    }
-    let (hlen, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        _ => return Err(bad("unknown version")),
-    };
-    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("truncated header"))?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
-    let (descr, size) = match want {
-        Kind::Float => ("'<f4'", 4),
-        _ => ("'<i8'", 8),
-    };
-    if !header.contains(descr) {
-        bail!("{}: expected dtype {descr}, header is {}", path.display(), header.trim());
-    }
-    if header.contains("'fortran_order': True") {
-        bail!("{}: Fortran-ordered arrays are not supported", path.display());
-    }
-    let shape_text =
-        header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).ok_or_else(|| bad("no shape"))?;
-    let shape: Vec<i64> = shape_text
-        .trim_start_matches([' ', '('])
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<i64>().map_err(|_| bad("unreadable shape")))
-        .collect::<Result<_>>()?;
-    let data = &bytes[start + hlen..];
-    let need = shape.iter().product::<i64>() as usize * size;
-    if data.len() != need {
-        bail!("{}: has {} data bytes, its shape {:?} needs {need} (truncated?)", path.display(), data.len(), shape);
-    }
-    Tensor::f_from_data_size(data, &shape, want).with_context(|| format!("{}: unreadable data", path.display()))
 }
 
 /// The parts of a CSV export by its split column: train and test, and the flipped views

@@ -1,0 +1,202 @@
+//! Flags → validated configs. Every default that depends on other flags is derived here,
+//! once; a bad combination fails with one sentence (exit code 2) before any work starts.
+use super::args::*;
+use crate::config::{CompareConfig, ExtractJob, FitConfig, PlotConfig, RunConfig};
+use crate::data::{source, DataConfig, DatasetName, InputNorm};
+use crate::features::{cache, ExtractConfig, FeatureSpec};
+use crate::models::{ModelConfig, Stem, WeightsSource};
+use crate::probe::ProbeConfig;
+use crate::report::{OutputConfig, RUNS_DIR};
+use crate::util::device::Compute;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+impl ModelArgs {
+    /// The model with the input size and normalisation its weights call for.
+    pub fn resolve(&self) -> Result<(ModelConfig, i64, InputNorm)> {
+        let stem = match (self.stem, self.arch.is_cifar_resnet()) {
+            (Some(Stem::Imagenet), true) => {
+                bail!("--stem imagenet: {} is a CIFAR ResNet and only has the cifar stem", self.arch.name())
+            }
+            (Some(s), _) => s,
+            (None, true) => Stem::Cifar,
+            (None, false) => Stem::Imagenet,
+        };
+        if self.weights == WeightsSource::Imagenet {
+            if !self.arch.in_torchvision() {
+                bail!("--weights imagenet: torchvision publishes no ImageNet weights for {}", self.arch.name());
+            }
+            if stem == Stem::Cifar {
+                bail!("--weights imagenet needs --stem imagenet: torchvision's checkpoints have the ImageNet stem");
+            }
+        }
+        if self.width_mult != 1.0 && self.weights != WeightsSource::Random {
+            bail!("--width-mult {} changes every layer's shape; it needs --weights random", self.width_mult);
+        }
+        let pretrained = self.weights == WeightsSource::Imagenet;
+        let input_size = self.input_size.map(|n| n as i64).unwrap_or(if pretrained { 224 } else { 32 });
+        let random = self.weights == WeightsSource::Random;
+        let input_norm = self.input_norm.unwrap_or(if random { InputNorm::Dataset } else { InputNorm::Imagenet });
+        let model = ModelConfig {
+            arch: self.arch,
+            stem,
+            init: self.init,
+            zero_init_residual: self.zero_init_residual,
+            seed: self.seed,
+            width_mult: self.width_mult,
+        };
+        Ok((model, input_size, input_norm))
+    }
+
+    /// The extraction these flags describe, on the data of `data`.
+    pub fn extract_config(&self, data: &DataArgs) -> Result<ExtractConfig> {
+        let (model, input_size, input_norm) = self.resolve()?;
+        if data.dataset == DatasetName::Folder && data.data.is_none() {
+            bail!("--dataset folder needs --data DIR (with train/<class>/ and test/<class>/ inside)");
+        }
+        Ok(ExtractConfig {
+            data: data.config(self.input_size),
+            model,
+            weights: self.weights.clone(),
+            weights_mirror: self.weights_mirror.clone(),
+            input_size,
+            resize: self.resize,
+            input_norm,
+            bn: self.bn,
+            fold_bn: self.fold_bn,
+            allow_degenerate: self.allow_degenerate,
+            features: FeatureSpec { taps: self.features.clone(), pool: self.pool, pool_size: self.pool_size as i64 },
+            hflip: self.hflip,
+            hflip_test: self.hflip_test,
+            compute: self.compute.config(),
+            batch_size: self.batch_size,
+            precision: self.precision,
+        })
+    }
+}
+
+impl DataArgs {
+    /// `folder_size`: a folder dataset is resized at load time only when --input-size is given.
+    fn config(&self, folder_size: Option<usize>) -> DataConfig {
+        DataConfig {
+            dataset: self.dataset,
+            labels: self.labels,
+            data: self.data.clone(),
+            data_dir: self.data_dir.clone().unwrap_or_else(source::default_data_dir),
+            mirror: self.mirror.clone(),
+            archive_md5: self.archive_md5.clone(),
+            limit: self.limit,
+            skip_bad_images: self.skip_bad_images,
+            folder_size,
+        }
+    }
+}
+
+impl ComputeArgs {
+    pub fn config(&self) -> Compute {
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Compute { device: self.device.clone(), threads }
+    }
+}
+
+impl ProbeArgs {
+    pub fn config(&self, seed: u64) -> ProbeConfig {
+        ProbeConfig {
+            val_fraction: self.val_fraction,
+            solver: self.solver,
+            normalize: self.normalize,
+            weight_decay: self.weight_decay,
+            wd_search: self.wd_search,
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.probe_batch_size,
+            schedule: self.schedule,
+            patience: self.patience,
+            max_iter: self.max_iter,
+            seed,
+            val_only: self.val_only,
+        }
+    }
+}
+
+impl OutputArgs {
+    fn config(&self, save_head: Option<PathBuf>, preset: Option<String>) -> OutputConfig {
+        OutputConfig {
+            out: self.out.clone(),
+            summary: self.summary.clone(),
+            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone().unwrap_or_else(cache::default_dir)),
+            save_head,
+            tag: self.tag.clone(),
+            preset,
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn config(&self, preset: Option<String>) -> Result<RunConfig> {
+        Ok(RunConfig {
+            extract: self.model.extract_config(&self.data)?,
+            probe: self.probe.config(self.model.seed),
+            output: self.output.config(self.probe.save_head.clone(), preset),
+        })
+    }
+}
+
+impl ExtractArgs {
+    pub fn config(&self) -> Result<ExtractJob> {
+        Ok(ExtractJob {
+            extract: self.model.extract_config(&self.data)?,
+            dir: self.output.clone(),
+            format: self.format,
+        })
+    }
+}
+
+impl FitArgs {
+    pub fn config(&self) -> FitConfig {
+        FitConfig {
+            features: self.features.clone(),
+            compute: self.compute.config(),
+            probe: self.probe.config(self.seed),
+            output: self.output.config(self.probe.save_head.clone(), None),
+        }
+    }
+}
+
+impl CompareArgs {
+    pub fn config(&self) -> Result<CompareConfig> {
+        if self.run.model.weights != WeightsSource::Random {
+            bail!("compare runs both random and imagenet weights itself: drop --weights");
+        }
+        let random = self.run.config(None)?;
+        let mut model = self.run.model.clone();
+        model.weights = WeightsSource::Imagenet;
+        model.seed = self.seeds[0];
+        let pretrained = if !self.run.model.arch.in_torchvision() {
+            Err(format!("no torchvision ImageNet weights for {}", self.run.model.arch.name()))
+        } else if random.extract.model.stem != Stem::Imagenet {
+            Err("not applicable: torchvision checkpoints have the ImageNet stem".into())
+        } else {
+            // The pretrained defaults (224 px, ImageNet statistics) come from the same place as run's.
+            let args = RunArgs { model, ..self.run.clone() };
+            args.config(None).map_err(|e| format!("{e:#}"))
+        };
+        let table = self.table.clone().unwrap_or_else(|| {
+            let name = format!("{}-{}.csv", random.extract.data.dataset_name(), random.extract.model.arch.name());
+            PathBuf::from(RUNS_DIR).join("compare").join(name)
+        });
+        Ok(CompareConfig { random, seeds: self.seeds.clone(), pretrained, table })
+    }
+}
+
+impl PlotArgs {
+    pub fn config(&self) -> PlotConfig {
+        PlotConfig {
+            csv: self.csv.clone(),
+            output: self.output.clone(),
+            title: self.title.clone(),
+            by: self.by.clone(),
+            metric: self.metric.clone(),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Frozen features: which stages to tap and how to pool them (`taps`), the batched
+//! extraction loop (`extract`), a whole run's train/test features (`set`), the feature
+//! cache (`cache`) and feature files on disk (`store`).
+pub mod cache;
+pub mod extract;
+pub mod npy;
+pub mod set;
+pub mod store;
+pub mod taps;
+
+pub use extract::{BatchSize, BnSetting, Features, Precision, Preprocess, Resize};
+pub use set::{extract_features, ExtractConfig, FeatureSet};
+pub use taps::{FeatureSpec, Pool};

@@ -1,0 +1,181 @@
+//! A run's features: the validated extraction settings (`ExtractConfig`), and data →
+//! frozen network → train/test features (plus mirrored views) with their provenance.
+use super::extract::{self, BatchSize, BnSetting, Features, Precision, Preprocess, Resize};
+use super::taps::FeatureSpec;
+use crate::data::{DataConfig, InputNorm, Split};
+use crate::models::{frozen, ModelConfig, WeightsSource};
+use crate::util::device::{self, Compute};
+use crate::util::names::value_name;
+use anyhow::Result;
+use serde::Serialize;
+use tch::Device;
+
+/// Everything that decides which features are extracted, and where.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtractConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub weights: WeightsSource,
+    /// Base URL for torchvision checkpoints instead of download.pytorch.org.
+    pub weights_mirror: Option<String>,
+    /// Images are resized (bilinear) to this square size on the device; 32 keeps CIFAR native.
+    pub input_size: i64,
+    pub resize: Resize,
+    pub input_norm: InputNorm,
+    pub bn: BnSetting,
+    pub fold_bn: bool,
+    /// Continue with NaN/Inf, all-zero or constant features (warn instead of failing).
+    pub allow_degenerate: bool,
+    pub features: FeatureSpec,
+    /// Also extract the horizontally flipped train images (extra probe training rows).
+    pub hflip: bool,
+    /// Score validation and test images on both views (needs `hflip`).
+    pub hflip_test: bool,
+    pub compute: Compute,
+    pub batch_size: BatchSize,
+    pub precision: Precision,
+}
+
+impl ExtractConfig {
+    /// A short, readable name for directories: e.g. `cifar10-resnet18-cifar-s0`.
+    pub fn short_name(&self) -> String {
+        format!("{}-{}-{}-s{}", self.data.short_name(), self.model.arch.name(), self.model.stem.name(), self.model.seed)
+    }
+
+    /// Every setting that changes the features' values, nothing that only changes speed,
+    /// logs or where a download comes from: part of the feature cache's and the sweep's keys.
+    pub fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("a config serialises");
+        let o = v.as_object_mut().expect("an object");
+        for k in ["compute", "batch_size", "allow_degenerate", "weights_mirror"] {
+            o.remove(k);
+        }
+        if let Some(d) = o.get_mut("data").and_then(|d| d.as_object_mut()) {
+            for k in ["data_dir", "mirror", "archive_md5"] {
+                d.remove(k);
+            }
+        }
+        v
+    }
+
+    /// fp16 convolutions are a CUDA feature; say so before any work.
+    pub fn check_precision(&self, device: Device) -> Result<()> {
+        if self.precision == Precision::Fp16 && !device.is_cuda() {
+            return Err(crate::UsageError("--precision fp16 needs CUDA; use bf16 or fp32 on the CPU".into()).into());
+        }
+        Ok(())
+    }
+}
+
+/// Train and test features with what is needed to log them.
+pub struct FeatureSet {
+    pub train: Features,
+    pub test: Features,
+    /// Features of the horizontally flipped train images (`--hflip`), rows aligned with
+    /// `train`: extra training rows for the probe, never validation rows.
+    pub train_flip: Option<Features>,
+    /// Features of the flipped test images (`--hflip-test`), rows aligned with `test`.
+    pub test_flip: Option<Features>,
+    pub class_names: Vec<String>,
+    /// How the features were made, as summary columns (dataset, arch, …, extract_s).
+    pub provenance: Vec<(String, String)>,
+}
+
+impl FeatureSet {
+    /// Sets a run label (`tag`, `preset`) in the provenance columns. Labels are added after
+    /// the features are made or read from the cache, so a cached entry never carries an old one.
+    pub fn label(&mut self, key: &str, value: Option<&str>) {
+        self.provenance.retain(|(k, _)| k != key);
+        self.provenance.push((key.into(), value.unwrap_or_default().into()));
+    }
+}
+
+/// Data → network → features for both splits.
+pub fn extract_features(cfg: &ExtractConfig, device: Device) -> Result<FeatureSet> {
+    // The network first: a missing checkpoint or a bad weights file fails before any data work.
+    let mut net = frozen::build(&cfg.model, &cfg.weights, cfg.weights_mirror.as_deref(), device)?;
+    let dataset = cfg.data.load()?;
+    eprintln!(
+        "cnnprobe {}: {} train / {} test images, {} classes, {} on {}",
+        cfg.short_name(),
+        dataset.train.len(),
+        dataset.test.len(),
+        dataset.num_classes(),
+        cfg.model.arch.name(),
+        device::name(device)
+    );
+    // A folder's images keep their (common) size unless --input-size was given.
+    let input_size = match cfg.data.folder_size {
+        None if cfg.data.dataset == crate::data::DatasetName::Folder => dataset.train.images.size()[2],
+        _ => cfg.input_size,
+    };
+    let stats = cfg.data.stats(cfg.input_norm, &dataset);
+    let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision };
+    if let BnSetting::Calibrate(n) = cfg.bn {
+        // Calibration runs in float32 with a fixed batch, before any folding or casting.
+        let calib = Preprocess { precision: Precision::Fp32, ..pre };
+        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, calib, 256)?;
+    }
+    if cfg.fold_bn {
+        net.fold_batchnorm();
+    }
+    net.set_precision(cfg.precision.kind());
+    let spec = &cfg.features;
+    let run = |split: &Split, what: &str| extract::extract(&net, spec, pre, split, cfg.batch_size, what);
+    let (train, train_s) = run(&dataset.train, "train")?;
+    extract::check_health(&net, pre, &dataset.train, &train.x, cfg.allow_degenerate)?;
+    let (test, test_s) = run(&dataset.test, "test")?;
+    // Mirror images (`--hflip`, `--hflip-test`), flipped along the width axis.
+    let mirrored = |on: bool, split: &Split, what: &str| -> Result<(Option<Features>, f64)> {
+        if !on {
+            return Ok((None, 0.0));
+        }
+        let (f, secs) = run(&Split { images: split.images.flip([3]), labels: split.labels.shallow_clone() }, what)?;
+        Ok((Some(f), secs))
+    };
+    let (train_flip, flip_s) = mirrored(cfg.hflip, &dataset.train, "train, flipped")?;
+    let (test_flip, test_flip_s) = mirrored(cfg.hflip_test, &dataset.test, "test, flipped")?;
+    let feature_dim = train.x.size()[1];
+    let extract_s = train_s + test_s + flip_s + test_flip_s;
+    let images = (dataset.train.len() * (1 + cfg.hflip as usize)) + dataset.test.len() * (1 + cfg.hflip_test as usize);
+    let images_per_s = images as f64 / extract_s;
+    eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
+    let mut provenance = provenance(cfg, device);
+    provenance.extend([
+        ("feature_dim".to_string(), feature_dim.to_string()),
+        ("extract_s".into(), format!("{extract_s:.1}")),
+        ("images_per_s".into(), format!("{images_per_s:.1}")),
+    ]);
+    Ok(FeatureSet { train, test, train_flip, test_flip, class_names: dataset.class_names, provenance })
+}
+
+/// The extraction settings as summary columns.
+fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
+    let s = |k: &str, v: String| (k.to_string(), v);
+    vec![
+        s("dataset", cfg.data.dataset_name().into()),
+        s("limit", cfg.data.limit.map(|n| n.to_string()).unwrap_or_default()),
+        s("labels", cfg.data.labels_name().into()),
+        s("arch", cfg.model.arch.name().into()),
+        s("stem", cfg.model.stem.name().into()),
+        s("init", cfg.model.init.to_string()),
+        s("zero_init_residual", cfg.model.zero_init_residual.to_string()),
+        s("seed", cfg.model.seed.to_string()),
+        s("weights", cfg.weights.to_string()),
+        s("input_size", cfg.input_size.to_string()),
+        s("resize", value_name(&cfg.resize)),
+        s("input_norm", value_name(&cfg.input_norm)),
+        s("bn", cfg.bn.to_string()),
+        s("fold_bn", cfg.fold_bn.to_string()),
+        s("features", cfg.features.label()),
+        s("pool", value_name(&cfg.features.pool)),
+        s("pool_size", cfg.features.pool_size.to_string()),
+        s("width_mult", cfg.model.width_mult.to_string()),
+        s("hflip", cfg.hflip.to_string()),
+        s("hflip_test", cfg.hflip_test.to_string()),
+        s("device", device::name(device)),
+        s("threads", cfg.compute.threads.to_string()),
+        s("batch_size", cfg.batch_size.to_string()),
+        s("precision", value_name(&cfg.precision)),
+    ]
+}

@@ -1,0 +1,150 @@
+//! Which stages to tap and how each is pooled into the feature vector.
+use crate::models::layers::BnMode;
+use crate::models::Network;
+use crate::UsageError;
+use anyhow::Result;
+use clap::ValueEnum;
+use serde::Serialize;
+use tch::Tensor;
+
+/// How a stage's feature map becomes a vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    Avg,
+    Max,
+    /// Average and max pooled maps, concatenated (twice the dimension).
+    Avgmax,
+}
+
+/// Which features a run extracts.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeatureSpec {
+    /// Stage names (layer1…, block1…, or `fc2` for VGG's classifier features); empty means
+    /// the family's default, the last stage.
+    pub taps: Vec<String>,
+    pub pool: Pool,
+    /// Adaptive K×K pooling: each tapped stage gives C·K² values (2·C·K² with avgmax).
+    pub pool_size: i64,
+}
+
+impl FeatureSpec {
+    pub fn label(&self) -> String {
+        if self.taps.is_empty() {
+            "last".into()
+        } else {
+            self.taps.join("+")
+        }
+    }
+}
+
+/// A tap resolved against a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tap {
+    Stage(usize),
+    Classifier,
+}
+
+/// The taps of `spec` resolved against `net`, each with its pooling size (`name:K`
+/// overrides `--pool-size` for that tap); errors name the valid choices.
+pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64)>> {
+    let names = net.body.stage_names();
+    if spec.taps.is_empty() {
+        return Ok(vec![(Tap::Stage(names.len() - 1), spec.pool_size)]);
+    }
+    let mut taps = Vec::new();
+    for t in &spec.taps {
+        let (name, size) = match t.split_once(':') {
+            Some((name, k)) => match k.parse::<i64>() {
+                Ok(k) if k > 0 => (name, k),
+                _ => {
+                    return Err(UsageError(format!(
+                        "--features {t}: the pooling size after ':' must be a positive whole number"
+                    ))
+                    .into())
+                }
+            },
+            None => (t.as_str(), spec.pool_size),
+        };
+        if name == "fc2" && net.arch.is_vgg() {
+            taps.push((Tap::Classifier, size));
+        } else if let Some(i) = names.iter().position(|n| n == name) {
+            taps.push((Tap::Stage(i), size));
+        } else {
+            let extra = if net.arch.is_vgg() { ", fc2" } else { "" };
+            return Err(UsageError(format!(
+                "--features {t}: {} has no such stage; choose from {}{extra}",
+                net.arch.name(),
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(taps)
+}
+
+/// The feature vector of a batch, under `mode`.
+pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
+    let last_needed = net.body.stage_names().len() - 1;
+    let until = taps
+        .iter()
+        .map(|(t, _)| match t {
+            Tap::Stage(i) => *i,
+            Tap::Classifier => last_needed,
+        })
+        .max()
+        .unwrap_or(last_needed);
+    let stages = net.body.forward_stages(x, mode, until);
+    let parts: Vec<Tensor> = taps
+        .iter()
+        .map(|(t, k)| match t {
+            Tap::Stage(i) => pool(&stages[*i], spec.pool, *k),
+            Tap::Classifier => net.body.classifier_features(&stages[until]).expect("VGG has a classifier"),
+        })
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(&parts, 1)
+    }
+}
+
+fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
+    let avg = || map.adaptive_avg_pool2d([k, k]).flatten(1, -1);
+    let max = || map.adaptive_max_pool2d([k, k]).0.flatten(1, -1);
+    match pool {
+        Pool::Avg => avg(),
+        Pool::Max => max(),
+        Pool::Avgmax => Tensor::cat(&[avg(), max()], 1),
+    }
+}
+
+/// Features of an already normalised float batch (parity checks, library users).
+pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Tensor> {
+    let taps = resolve(net, spec)?;
+    Ok(tch::no_grad(|| forward(net, x, spec, &taps, BnMode::Eval)))
+}
+
+/// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails
+/// when `--pool-size` exceeds a tapped stage's map.
+pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
+    let taps = resolve(net, spec)?;
+    tch::no_grad(|| {
+        let x = Tensor::zeros([1, 3, input, input], (net.kind(), net.device()));
+        let stages = net.body.forward_stages(&x, BnMode::Eval, net.body.stage_names().len() - 1);
+        for (t, k) in &taps {
+            if let Tap::Stage(i) = t {
+                let size = stages[*i].size();
+                let (h, w) = (size[2], size[3]);
+                if *k > h.min(w) {
+                    return Err(UsageError(format!(
+                        "--pool-size {k} is larger than the {h}×{w} map of {} at {input}×{input} input",
+                        net.body.stage_names()[*i]
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(forward(net, &x, spec, &taps, BnMode::Eval).size()[1])
+    })
+}

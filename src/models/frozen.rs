@@ -1,0 +1,57 @@
+//! The frozen network a run uses: drawn from the seed, or loaded from pretrained weights.
+use super::{pretrained, ModelConfig, Network};
+use anyhow::Result;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use tch::Device;
+
+/// `--weights`: random draws, torchvision's ImageNet checkpoint, or a state-dict file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightsSource {
+    Random,
+    Imagenet,
+    File(PathBuf),
+}
+
+impl FromStr for WeightsSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "random" => WeightsSource::Random,
+            "imagenet" => WeightsSource::Imagenet,
+            "" => return Err("use random, imagenet or a .pth/.pt/.safetensors path".into()),
+            path => WeightsSource::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl fmt::Display for WeightsSource {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            WeightsSource::Random => write!(f, "random"),
+            WeightsSource::Imagenet => write!(f, "imagenet"),
+            WeightsSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for WeightsSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The network of `model` with its weights from `source` (`mirror` replaces torchvision's
+/// download URL), moved to `device`.
+pub fn build(model: &ModelConfig, source: &WeightsSource, mirror: Option<&str>, device: Device) -> Result<Network> {
+    let mut net = Network::build(model)?;
+    match source {
+        WeightsSource::Random => {}
+        WeightsSource::Imagenet => net.load_weights(&pretrained::ensure_checkpoint(model.arch, mirror)?)?,
+        WeightsSource::File(path) => net.load_weights(path)?,
+    }
+    net.to_device(device);
+    Ok(net)
+}
