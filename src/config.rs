@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 /// `run`: extract (or reuse cached) features, fit the probe, log the results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct RunConfig {
     pub extract: ExtractConfig,
     pub probe: ProbeConfig,
@@ -34,7 +34,7 @@ impl RunConfig {
 }
 
 /// `extract`: features to files.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ExtractJob {
     pub extract: ExtractConfig,
     pub dir: PathBuf,
@@ -42,7 +42,7 @@ pub struct ExtractJob {
 }
 
 /// `fit`: the probe on exported features.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FitConfig {
     pub features: PathBuf,
     pub compute: Compute,
@@ -96,6 +96,18 @@ pub struct WeightsJob {
     pub mirror: Option<String>,
 }
 
+/// `reproduce`: rerun a logged run and compare.
+#[derive(Clone, Debug)]
+pub struct ReproduceJob {
+    pub run_dir: PathBuf,
+    /// Where the rerun goes [default: RUN_DIR/reproduce-<time>].
+    pub out: Option<PathBuf>,
+    /// Allow features from the cache (verified by checksum) instead of extracting afresh.
+    pub use_cache: bool,
+    /// Largest difference of a metric still counted as equal.
+    pub tolerance: f64,
+}
+
 /// A parsed and validated command line.
 pub enum Job {
     Run(Box<RunConfig>),
@@ -105,6 +117,7 @@ pub enum Job {
     Sweep(SweepConfig),
     Plot(PlotConfig),
     Weights(WeightsJob),
+    Reproduce(ReproduceJob),
     Models,
     Info,
 }

@@ -320,3 +320,19 @@ pub struct WeightsArgs {
     #[arg(long)]
     pub weights_mirror: Option<String>,
 }
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// A run directory written by `run` or `fit` (holds config.json and result.csv).
+    pub run_dir: PathBuf,
+    /// Where the rerun's directory goes [default: RUN_DIR/reproduce-<UTC time>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Take features from the cache when a verified entry exists, instead of extracting
+    /// afresh (faster; checks less).
+    #[arg(long)]
+    pub use_cache: bool,
+    /// Largest difference of a metric (accuracies as fractions) still counted as a match.
+    #[arg(long, default_value_t = 0.0, value_parser = parse::non_negative_f64)]
+    pub tolerance: f64,
+}

@@ -7,7 +7,7 @@ pub mod presets;
 mod sweep;
 mod validate;
 
-use crate::config::{Job, WeightsJob};
+use crate::config::{Job, ReproduceJob, WeightsJob};
 use anyhow::Result;
 use args::*;
 use clap::{Parser, Subcommand};
@@ -42,6 +42,9 @@ pub enum Command {
     /// torchvision's checkpoint file and URL per architecture, and whether the torch.hub
     /// cache holds it (--verify: check its sha256).
     Weights(WeightsArgs),
+    /// Rerun a logged run from its config.json and report whether data, weights, features
+    /// and every metric match.
+    Reproduce(ReproduceArgs),
     /// List the architectures, their stages and default features.
     Models,
     /// What this binary sees: versions, threads, CUDA devices.
@@ -66,6 +69,12 @@ impl Cli {
             Command::Weights(a) => {
                 Job::Weights(WeightsJob { arch: a.arch, verify: a.verify, mirror: a.weights_mirror })
             }
+            Command::Reproduce(a) => Job::Reproduce(ReproduceJob {
+                run_dir: a.run_dir,
+                out: a.out,
+                use_cache: a.use_cache,
+                tolerance: a.tolerance,
+            }),
             Command::Models => Job::Models,
             Command::Info => Job::Info,
         })

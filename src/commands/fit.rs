@@ -2,11 +2,10 @@
 use super::run::probe_and_report;
 use crate::config::FitConfig;
 use crate::features::store;
-use crate::report;
-use crate::util::files::write_json;
+use crate::report::{self, Outcome};
 use anyhow::Result;
 
-pub fn fit(cfg: &FitConfig) -> Result<()> {
+pub fn fit(cfg: &FitConfig) -> Result<Outcome> {
     let device = cfg.compute.setup()?;
     let mut set = store::read(&cfg.features)?;
     let short = set
@@ -17,7 +16,6 @@ pub fn fit(cfg: &FitConfig) -> Result<()> {
         .collect::<Vec<_>>()
         .join("-");
     let run_dir = report::create_run_dir(cfg.output.out.as_deref(), &format!("fit-{short}-s{}", cfg.probe.seed))?;
-    write_json(&run_dir.join("config.json"), cfg)?;
-    probe_and_report(&mut set, &cfg.probe, &cfg.output, device, &run_dir)?;
-    Ok(())
+    report::write_config(&run_dir, "fit", cfg, &set.provenance)?;
+    probe_and_report(&mut set, &cfg.probe, &cfg.output, device, &run_dir)
 }

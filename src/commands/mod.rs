@@ -5,6 +5,7 @@ pub mod fit;
 pub mod info;
 pub mod models;
 pub mod plot;
+pub mod reproduce;
 pub mod run;
 pub mod sweep;
 pub mod weights;
@@ -16,11 +17,12 @@ pub fn dispatch(job: Job) -> Result<()> {
     match job {
         Job::Run(cfg) => run::run(&cfg).map(|_| ()),
         Job::Extract(job) => extract::extract(&job),
-        Job::Fit(cfg) => fit::fit(&cfg),
+        Job::Fit(cfg) => fit::fit(&cfg).map(|_| ()),
         Job::Compare(cfg) => compare::compare(&cfg).map(|_| ()),
         Job::Sweep(cfg) => sweep::sweep(&cfg),
         Job::Plot(cfg) => plot::plot(&cfg),
         Job::Weights(job) => weights::list(&job),
+        Job::Reproduce(job) => reproduce::reproduce(&job),
         Job::Models => models::print(),
         Job::Info => info::print(),
     }

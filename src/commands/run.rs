@@ -4,7 +4,6 @@ use crate::config::RunConfig;
 use crate::features::{cache, extract_features, FeatureSet};
 use crate::probe::{self, ProbeConfig};
 use crate::report::{self, Outcome, OutputConfig};
-use crate::util::files::write_json;
 use anyhow::Result;
 use std::path::Path;
 use tch::Device;
@@ -18,7 +17,7 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     };
     set.label("preset", cfg.output.preset.as_deref());
     let run_dir = report::create_run_dir(cfg.output.out.as_deref(), &cfg.extract.short_name())?;
-    write_json(&run_dir.join("config.json"), cfg)?;
+    report::write_config(&run_dir, "run", cfg, &set.provenance)?;
     probe_and_report(&mut set, &cfg.probe, &cfg.output, device, &run_dir)
 }
 

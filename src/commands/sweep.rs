@@ -56,7 +56,7 @@ fn run_point(p: &SweepPoint) -> Result<Row> {
         Ok(cfg) => match run(cfg) {
             Ok(outcome) => {
                 row.set("status", "ok");
-                row.0.extend(csv_row(&outcome.run_dir.join("result.csv"))?);
+                row.0.extend(Row::read_single(&outcome.run_dir.join("result.csv"))?.0);
                 return Ok(row);
             }
             // A signal stops the sweep; anything else is this point's failure.
@@ -90,11 +90,4 @@ fn completed(path: &Path) -> Result<HashSet<String>> {
         }
     }
     Ok(keys)
-}
-
-fn csv_row(path: &Path) -> Result<Vec<(String, String)>> {
-    let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let h = rdr.headers()?.clone();
-    let rec = rdr.records().next().context("empty result.csv")??;
-    Ok(h.iter().zip(rec.iter()).map(|(a, b)| (a.to_string(), b.to_string())).collect())
 }

@@ -3,7 +3,7 @@
 //! `--verify` hashes each cached file against the sha256 prefix in its name.
 use crate::config::WeightsJob;
 use crate::models::{pretrained, Arch};
-use crate::util::fetch::sha256_file;
+use crate::util::digest::file_sha256;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
@@ -23,7 +23,7 @@ pub fn list(job: &WeightsJob) -> Result<()> {
             (true, false) => "yes".into(),
             (true, true) => {
                 let want = pretrained::sha256_prefix(file);
-                if sha256_file(&path)?.starts_with(want) {
+                if file_sha256(&path)?.starts_with(want) {
                     "verified".into()
                 } else {
                     bad.push(path.display().to_string());

@@ -19,7 +19,7 @@ pub const CIFAR100: ChannelStats = ChannelStats { mean: [0.5071, 0.4865, 0.4409]
 pub const IMAGENET: ChannelStats = ChannelStats { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 
 /// Which per-channel statistics normalise the input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputNorm {
     /// The dataset's own train mean/std (random networks).

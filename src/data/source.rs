@@ -3,12 +3,14 @@
 use super::cifar::{self, Cifar};
 use super::normalize::{self, ChannelStats, InputNorm};
 use super::{download, folder, Dataset};
+use crate::util::digest;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use serde::Serialize;
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatasetName {
     Cifar10,
@@ -18,7 +20,7 @@ pub enum DatasetName {
 }
 
 /// CIFAR-100 label set (ignored for CIFAR-10).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelSet {
     Fine,
@@ -26,7 +28,7 @@ pub enum LabelSet {
 }
 
 /// Where the data comes from.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DataConfig {
     pub dataset: DatasetName,
     pub labels: LabelSet,
@@ -115,6 +117,30 @@ impl DataConfig {
         Ok(dataset)
     }
 
+    /// The data files a run reads: the split files of CIFAR, every file under a folder.
+    pub fn files(&self) -> Result<(PathBuf, Vec<PathBuf>)> {
+        let dir = self.dir()?;
+        let files = if self.dataset == DatasetName::Folder {
+            let mut all = Vec::new();
+            walk(&dir, &mut all);
+            all
+        } else {
+            let c = self.cifar();
+            c.train_files().iter().chain(c.test_files()).map(|f| dir.join(f)).collect()
+        };
+        Ok((dir, files))
+    }
+
+    /// A digest of the data's content (not of names or modification times), memoised per
+    /// file under the cache folder so unchanged files are hashed once.
+    pub fn digest(&self) -> Result<String> {
+        let (dir, files) = self.files()?;
+        let key = digest::hex(&Sha256::digest(dir.canonicalize().unwrap_or(dir.clone()).to_string_lossy().as_bytes()));
+        let memo =
+            crate::util::files::cache_home().join("cnnprobe").join("digests").join(format!("{}.tsv", &key[..16]));
+        digest::folder_digest(&dir, &files, Some(&memo))
+    }
+
     /// The input normalisation statistics: ImageNet's, or the dataset's own.
     pub fn stats(&self, norm: InputNorm, dataset: &Dataset) -> ChannelStats {
         match (norm, self.dataset) {
@@ -130,4 +156,17 @@ impl DataConfig {
 /// `~/.cache/cnnprobe/data` (under $XDG_CACHE_HOME when set): where datasets are downloaded.
 pub fn default_data_dir() -> PathBuf {
     crate::util::files::cache_home().join("cnnprobe").join("data")
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
 }

@@ -1,12 +1,10 @@
 //! Feature cache: `run`, `compare` and `sweep` reuse features extracted before with an
-//! identical configuration. The key hashes the dataset files' identity (name, size,
-//! modification time) and every setting that changes features; an entry is an `extract`
-//! directory (safetensors), renamed into place only when complete. An entry that fails
-//! to read is removed and extracted again.
-use super::set::{extract_features, ExtractConfig, FeatureSet};
+//! identical configuration. The key hashes the data's content digest, the weights' digest
+//! and every setting that changes features; an entry is an `extract` directory
+//! (safetensors with its checksum), renamed into place only when complete. An entry that
+//! fails to read or to verify is removed and extracted again, with a warning.
+use super::set::{extract_with, inputs, ExtractConfig, FeatureSet, Inputs};
 use super::store::{self, FeatureFormat};
-use crate::data::DatasetName;
-use crate::models::WeightsSource;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -20,72 +18,24 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-/// Size and modification time of a file, as part of a key.
-fn identity(path: &Path) -> String {
-    match std::fs::metadata(path) {
-        Ok(m) => {
-            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            format!("{}:{}:{}", path.display(), m.len(), mtime.map(|d| d.as_nanos()).unwrap_or(0))
-        }
-        Err(_) => format!("{}:missing", path.display()),
-    }
-}
-
-/// The cache key of `cfg`'s features on `device`'s kind of hardware.
-pub fn key(cfg: &ExtractConfig, data_dir: &Path, device: Device) -> Result<String> {
-    let files: Vec<String> = if cfg.data.dataset == DatasetName::Folder {
-        // Every image's identity, hashed down to one line.
-        let mut all = Vec::new();
-        walk(data_dir, &mut all);
-        all.sort();
-        let mut h = Sha256::new();
-        for p in &all {
-            h.update(identity(p).as_bytes());
-        }
-        vec![format!("{} images {:x}", all.len(), h.finalize())]
-    } else {
-        std::fs::read_dir(data_dir)
-            .with_context(|| format!("cannot list {}", data_dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-            .map(|p| identity(&p))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    };
-    let weights = match &cfg.weights {
-        WeightsSource::File(p) => identity(p),
-        w => w.to_string(),
-    };
+/// The cache key of `cfg`'s features from `inputs` on `device`'s kind of hardware.
+pub fn key(cfg: &ExtractConfig, inputs: &Inputs, device: Device) -> String {
     // Everything that changes the numbers, nothing that only changes speed or logs.
     let material = serde_json::json!({
-        "files": files,
+        "data": inputs.data_digest,
+        "weights": inputs.weights,
         "settings": cfg.identity(),
-        "weights": weights,
         "device": if device.is_cuda() { "cuda" } else { "cpu" },
         "cnnprobe": crate::VERSION,
     });
     let digest = Sha256::digest(material.to_string().as_bytes());
-    Ok(digest.iter().take(10).map(|b| format!("{b:02x}")).collect())
+    digest.iter().take(10).map(|b| format!("{b:02x}")).collect()
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-}
-
-/// Features of `cfg`: from the cache when an entry exists, else extracted and stored.
+/// Features of `cfg`: from the cache when a verified entry exists, else extracted and stored.
 pub fn features(cfg: &ExtractConfig, device: Device, dir: &Path) -> Result<FeatureSet> {
-    let data_dir = cfg.data.dir()?;
-    let key = key(cfg, &data_dir, device)?;
+    let inputs = inputs(cfg)?;
+    let key = key(cfg, &inputs, device);
     let entry = dir.join(&key);
     if entry.join("features.json").is_file() {
         match store::read(&entry) {
@@ -100,7 +50,7 @@ pub fn features(cfg: &ExtractConfig, device: Device, dir: &Path) -> Result<Featu
             }
         }
     }
-    let mut set = extract_features(cfg, device)?;
+    let mut set = extract_with(cfg, device, &inputs)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create cache dir {}", dir.display()))?;
     let tmp = tempfile::Builder::new().prefix(&format!(".{key}.")).tempdir_in(dir)?;
     store::write(tmp.path(), &set, FeatureFormat::Safetensors)?;

@@ -9,7 +9,7 @@ use crate::models::Network;
 use crate::util::{interrupt, progress};
 use anyhow::{bail, ensure, Result};
 use clap::ValueEnum;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -27,7 +27,7 @@ pub struct Preprocess {
 }
 
 /// `--resize`: the interpolation that brings images to the input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Resize {
     Bilinear,
@@ -37,7 +37,7 @@ pub enum Resize {
 }
 
 /// `--precision`: the dtype the frozen network computes in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     Fp32,
@@ -56,7 +56,7 @@ impl Precision {
 }
 
 /// `--batch-size N|auto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum BatchSize {
     /// Start large on CUDA and halve on out-of-memory; 256 on the CPU.
     Auto,
@@ -224,11 +224,7 @@ impl fmt::Display for BnSetting {
     }
 }
 
-impl Serialize for BnSetting {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+crate::serde_as_str!(BnSetting);
 
 /// `--bn calibrate:N`: resets every BatchNorm's running statistics and recomputes them as
 /// the average over batches of N training images (a seeded sample, no labels, no

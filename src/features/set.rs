@@ -5,13 +5,15 @@ use super::taps::FeatureSpec;
 use crate::data::{DataConfig, InputNorm, Split};
 use crate::models::{frozen, ModelConfig, WeightsSource};
 use crate::util::device::{self, Compute};
+use crate::util::digest;
 use crate::util::names::value_name;
 use anyhow::Result;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tch::Device;
 
 /// Everything that decides which features are extracted, and where.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ExtractConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
@@ -67,6 +69,9 @@ impl ExtractConfig {
     }
 }
 
+/// Every part a feature set can hold, by file-name prefix (a CSV's split column).
+pub const PARTS: [&str; 4] = ["train", "test", "train_flip", "test_flip"];
+
 /// Train and test features with what is needed to log them.
 pub struct FeatureSet {
     pub train: Features,
@@ -82,6 +87,25 @@ pub struct FeatureSet {
 }
 
 impl FeatureSet {
+    /// The parts by name: train, test, and the mirrored views when extracted.
+    pub fn parts(&self) -> Vec<(&'static str, &Features)> {
+        let all = [Some(&self.train), Some(&self.test), self.train_flip.as_ref(), self.test_flip.as_ref()];
+        PARTS.iter().zip(all).filter_map(|(name, f)| f.map(|f| (*name, f))).collect()
+    }
+
+    /// sha256 of every part's features and labels (values, shapes, dtypes) and the class
+    /// names: the same for the same numbers whatever file format holds them.
+    pub fn content_sha256(&self) -> String {
+        let mut h = Sha256::new();
+        for (name, f) in self.parts() {
+            h.update(name.as_bytes());
+            digest::update_with_tensor(&mut h, &f.x);
+            digest::update_with_tensor(&mut h, &f.y);
+        }
+        h.update(self.class_names.join("\n").as_bytes());
+        digest::hex(&h.finalize())
+    }
+
     /// Sets a run label (`tag`, `preset`) in the provenance columns. Labels are added after
     /// the features are made or read from the cache, so a cached entry never carries an old one.
     pub fn label(&mut self, key: &str, value: Option<&str>) {
@@ -90,8 +114,27 @@ impl FeatureSet {
     }
 }
 
+/// What the features are computed from, by content.
+pub struct Inputs {
+    /// Digest of the data files' content.
+    pub data_digest: String,
+    /// sha256 of the weights file, or `random:…` for drawn weights.
+    pub weights: String,
+}
+
+/// The digests of `cfg`'s data and weights (a pretrained checkpoint is fetched first).
+pub fn inputs(cfg: &ExtractConfig) -> Result<Inputs> {
+    let weights = frozen::identity(&cfg.model, &cfg.weights, cfg.weights_mirror.as_deref())?;
+    Ok(Inputs { data_digest: cfg.data.digest()?, weights })
+}
+
 /// Data → network → features for both splits.
 pub fn extract_features(cfg: &ExtractConfig, device: Device) -> Result<FeatureSet> {
+    extract_with(cfg, device, &inputs(cfg)?)
+}
+
+/// `extract_features` with the inputs' digests already known.
+pub fn extract_with(cfg: &ExtractConfig, device: Device, inputs: &Inputs) -> Result<FeatureSet> {
     // The network first: a missing checkpoint or a bad weights file fails before any data work.
     let mut net = frozen::build(&cfg.model, &cfg.weights, cfg.weights_mirror.as_deref(), device)?;
     let dataset = cfg.data.load()?;
@@ -140,13 +183,18 @@ pub fn extract_features(cfg: &ExtractConfig, device: Device) -> Result<FeatureSe
     let images = (dataset.train.len() * (1 + cfg.hflip as usize)) + dataset.test.len() * (1 + cfg.hflip_test as usize);
     let images_per_s = images as f64 / extract_s;
     eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
-    let mut provenance = provenance(cfg, device);
-    provenance.extend([
+    let mut set =
+        FeatureSet { train, test, train_flip, test_flip, class_names: dataset.class_names, provenance: vec![] };
+    set.provenance = provenance(cfg, device);
+    set.provenance.extend([
         ("feature_dim".to_string(), feature_dim.to_string()),
         ("extract_s".into(), format!("{extract_s:.1}")),
         ("images_per_s".into(), format!("{images_per_s:.1}")),
+        ("data_digest".into(), inputs.data_digest.clone()),
+        ("weights_sha256".into(), inputs.weights.clone()),
+        ("features_sha256".into(), set.content_sha256()),
     ]);
-    Ok(FeatureSet { train, test, train_flip, test_flip, class_names: dataset.class_names, provenance })
+    Ok(set)
 }
 
 /// The extraction settings as summary columns.

@@ -4,12 +4,14 @@
 //! last, so a directory without it is an unfinished export and is never read.
 use super::extract::{first_non_finite, Features};
 use super::npy::{read_npy, write_npy};
-use super::set::FeatureSet;
+use super::set::{FeatureSet, PARTS};
+use crate::util::digest::file_sha256;
 use crate::util::files::{write_atomic, write_json};
 use crate::util::{interrupt, progress};
 use anyhow::{bail, ensure, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
@@ -44,16 +46,47 @@ pub struct Manifest {
     /// Summary columns describing the extraction (dataset, arch, seed, …).
     pub provenance: Vec<(String, String)>,
     pub cnnprobe_version: String,
+    /// sha256 of each data file, verified before the file is parsed. Absent in exports
+    /// written before 0.2 (read with a warning).
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
 }
 
-/// Every part a feature directory can hold, by file-name prefix (a CSV's split column).
-const PARTS: [&str; 4] = ["train", "test", "train_flip", "test_flip"];
+/// The data files of a feature directory in `format` holding `parts`.
+fn file_names(format: FeatureFormat, parts: &[&str]) -> Vec<String> {
+    match format {
+        FeatureFormat::Npy => {
+            parts.iter().flat_map(|p| [format!("{p}_features.npy"), format!("{p}_labels.npy")]).collect()
+        }
+        FeatureFormat::Safetensors => vec!["features.safetensors".into()],
+        FeatureFormat::Csv => vec!["features.csv".into()],
+    }
+}
 
-/// The feature matrices of `set` by file-name prefix: train, test, and the flipped views
-/// with --hflip / --hflip-test.
-fn parts(set: &FeatureSet) -> Vec<(&'static str, &Features)> {
-    let all = [Some(&set.train), Some(&set.test), set.train_flip.as_ref(), set.test_flip.as_ref()];
-    PARTS.iter().zip(all).filter_map(|(name, f)| f.map(|f| (*name, f))).collect()
+/// Checks every data file against features.json's sha256 before anything parses it, so
+/// a damaged file of the right size is an error naming it, never a silent set of numbers.
+fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
+    if m.sha256.is_empty() {
+        eprintln!(
+            "warning: {}: features.json has no checksums (written before cnnprobe 0.2); not verified",
+            dir.display()
+        );
+        return Ok(());
+    }
+    for name in names {
+        let path = dir.join(name);
+        let want =
+            m.sha256.get(name).with_context(|| format!("{}: features.json has no checksum for it", path.display()))?;
+        let got = file_sha256(&path)?;
+        ensure!(
+            &got == want,
+            "{}: checksum mismatch (sha256 {}…, features.json says {}…): the file is damaged or was changed",
+            path.display(),
+            &got[..12],
+            &want[..12.min(want.len())]
+        );
+    }
+    Ok(())
 }
 
 pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> {
@@ -62,13 +95,14 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
     let _ = std::fs::remove_file(dir.join("features.json"));
     match format {
         FeatureFormat::Npy => {
-            for (name, f) in parts(set) {
+            for (name, f) in set.parts() {
                 write_npy(&dir.join(format!("{name}_features.npy")), &f.x)?;
                 write_npy(&dir.join(format!("{name}_labels.npy")), &f.y)?;
             }
         }
         FeatureFormat::Safetensors => {
-            let named: Vec<(String, Tensor)> = parts(set)
+            let named: Vec<(String, Tensor)> = set
+                .parts()
                 .into_iter()
                 .flat_map(|(n, f)| {
                     [(format!("{n}_features"), f.x.shallow_clone()), (format!("{n}_labels"), f.y.shallow_clone())]
@@ -78,6 +112,11 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         }
         FeatureFormat::Csv => write_csv(&dir.join("features.csv"), set)?,
     }
+    let names: Vec<&str> = set.parts().iter().map(|(n, _)| *n).collect();
+    let sha256 = file_names(format, &names)
+        .into_iter()
+        .map(|f| Ok((f.clone(), file_sha256(&dir.join(&f))?)))
+        .collect::<Result<_>>()?;
     let manifest = Manifest {
         format,
         n_train: set.train.y.size()[0],
@@ -88,6 +127,7 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         class_names: set.class_names.clone(),
         provenance: set.provenance.clone(),
         cnnprobe_version: crate::VERSION.into(),
+        sha256,
     };
     write_json(&dir.join("features.json"), &manifest)
 }
@@ -111,7 +151,7 @@ fn write_tensor_file(path: &Path, write: impl FnOnce(&Path) -> Result<(), tch::T
 /// never becomes one string in memory).
 fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
     let dim = set.train.x.size()[1];
-    let total = parts(set).iter().map(|(_, f)| f.y.size()[0] as u64).sum();
+    let total = set.parts().iter().map(|(_, f)| f.y.size()[0] as u64).sum();
     let bar = progress::rows(total, "csv");
     write_atomic(path, |w| {
         let mut c = csv::Writer::from_writer(w);
@@ -119,7 +159,7 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
         header.extend((0..dim).map(|i| format!("f{i}")));
         c.write_record(&header)?;
         let mut buf = String::with_capacity(32);
-        for (name, f) in parts(set) {
+        for (name, f) in set.parts() {
             let n = f.y.size()[0];
             let labels = Vec::<i64>::try_from(&f.y)?;
             let mut start = 0;
@@ -171,6 +211,8 @@ pub fn read(dir: &Path) -> Result<FeatureSet> {
     let m: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
     let expected = expected_parts(&m);
+    let names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    verify(dir, &m, &file_names(m.format, &names))?;
     let mut found: Vec<(&'static str, Features)> = match m.format {
         FeatureFormat::Npy => expected
             .iter()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tch::Tensor;
 
 /// How a stage's feature map becomes a vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pool {
     Avg,
@@ -18,7 +18,7 @@ pub enum Pool {
 }
 
 /// Which features a run extracts.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FeatureSpec {
     /// Stage names (layer1…, block1…, or `fc2` for VGG's classifier features); empty means
     /// the family's default, the last stage.

@@ -1,7 +1,7 @@
 //! The frozen network a run uses: drawn from the seed, or loaded from pretrained weights.
 use super::{pretrained, ModelConfig, Network};
+use crate::util::digest::file_sha256;
 use anyhow::Result;
-use serde::{Serialize, Serializer};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -37,11 +37,7 @@ impl fmt::Display for WeightsSource {
     }
 }
 
-impl Serialize for WeightsSource {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+crate::serde_as_str!(WeightsSource);
 
 /// The network of `model` with its weights from `source` (`mirror` replaces torchvision's
 /// download URL), moved to `device`.
@@ -54,4 +50,14 @@ pub fn build(model: &ModelConfig, source: &WeightsSource, mirror: Option<&str>, 
     }
     net.to_device(device);
     Ok(net)
+}
+
+/// What identifies the weights by content: the sha256 of a checkpoint or state-dict file,
+/// or, for drawn weights, what they are drawn from (the draws are bit-reproducible).
+pub fn identity(model: &ModelConfig, source: &WeightsSource, mirror: Option<&str>) -> Result<String> {
+    Ok(match source {
+        WeightsSource::Random => format!("random:seed={},init={},width={}", model.seed, model.init, model.width_mult),
+        WeightsSource::Imagenet => file_sha256(&pretrained::ensure_checkpoint(model.arch, mirror)?)?,
+        WeightsSource::File(path) => file_sha256(path).map_err(|e| e.context("--weights"))?,
+    })
 }

@@ -7,7 +7,6 @@
 //! `self.modules()` and re-draws with its scheme. Every scheme here keeps that shape: the
 //! constructor draws, then a pass over the layers in module order.
 use super::layers::{LayerKind, Site};
-use serde::{Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 use tch::Tensor;
@@ -80,11 +79,7 @@ impl fmt::Display for InitScheme {
     }
 }
 
-impl Serialize for InitScheme {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+crate::serde_as_str!(InitScheme);
 
 /// Draws all weights: constructor draws over `built` (constructor order), then the
 /// scheme's pass over `modules` (module order).

@@ -17,7 +17,7 @@ use resnet::{BlockKind, ResNet, ResNetSpec, Shortcut};
 use serde::Serialize;
 use tch::{nn, Device, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 pub enum Arch {
     #[value(name = "resnet18")]
     #[serde(rename = "resnet18")]
@@ -139,7 +139,7 @@ impl Arch {
 /// `imagenet`: torchvision's 7×7/2 conv + 3×3/2 max-pool (VGG: the adaptive 7×7 average
 /// pool before the classifier). `cifar`: a 3×3/1 conv and no max-pool (He et al. 2016),
 /// which keeps 32×32 inputs at 32×32 into layer1 (VGG: no adaptive pool).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stem {
     Imagenet,
@@ -177,7 +177,7 @@ pub trait Backbone {
 }
 
 /// Everything that decides a network's weights.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ModelConfig {
     pub arch: Arch,
     pub stem: Stem,
@@ -186,7 +186,7 @@ pub struct ModelConfig {
     pub seed: u64,
     /// Channel multiplier of every conv (1 = torchvision's widths; random weights only).
     /// Left out of the JSON at 1, so feature-cache keys from before the flag still match.
-    #[serde(skip_serializing_if = "is_one")]
+    #[serde(skip_serializing_if = "is_one", default = "one")]
     pub width_mult: f64,
 }
 
@@ -196,6 +196,10 @@ impl ModelConfig {
     pub fn torchvision(arch: Arch, stem: Stem, seed: u64) -> ModelConfig {
         ModelConfig { arch, stem, init: InitScheme::Torchvision, zero_init_residual: false, seed, width_mult: 1.0 }
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn is_one(v: &f64) -> bool {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Full-batch L-BFGS on the exact regularised objective (cnnprobe's own, on tch tensors).
@@ -29,7 +29,7 @@ pub enum Solver {
     Sgd,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Normalize {
     /// Zero mean, unit variance per feature (train statistics).
@@ -39,7 +39,7 @@ pub enum Normalize {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Cosine,
@@ -49,7 +49,7 @@ pub enum Schedule {
 }
 
 /// Everything that decides how the head is trained and chosen.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ProbeConfig {
     /// Fraction of each train class held out for validation.
     pub val_fraction: f64,

@@ -43,7 +43,6 @@ pub fn train(
         }
         _ => nn::AdamW { wd: weight_decay, ..Default::default() }.build(&vs, s.lr)?,
     };
-    let batch = s.batch_size as i64;
     let bar = progress::epochs(s.epochs as u64);
     let mut epochs = Vec::with_capacity(s.epochs);
     let mut best: Option<(f64, usize, Tensor, Tensor)> = None;
@@ -53,24 +52,7 @@ pub fn train(
         crate::util::interrupt::check()?;
         let lr = s.schedule.lr(s.lr, epoch, s.epochs);
         opt.set_lr(lr);
-        let perm = Tensor::randperm(n, (Kind::Int64, x.device()));
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let mut i = 0;
-        while i < n {
-            let len = batch.min(n - i);
-            let idx = perm.narrow(0, i, len);
-            let xb = x.index_select(0, &idx).to_device(device);
-            let yb = y.index_select(0, &idx).to_device(device);
-            let logits = linear.forward(&xb);
-            let loss = logits.cross_entropy_for_logits(&yb);
-            opt.backward_step(&loss);
-            tch::no_grad(|| {
-                loss_sum += loss.detach() * len as f64;
-                correct += logits.argmax(1, false).eq_tensor(&yb).sum(Kind::Int64);
-            });
-            i += len;
-        }
+        let (loss_sum, correct) = one_epoch(&linear, &mut opt, (x, y), s.batch_size as i64, device);
         let (val_acc, val_loss) = match val {
             Some((xv, yv)) => tch::no_grad(|| {
                 let logits = linear.forward(&xv.to_device(device));
@@ -108,6 +90,36 @@ pub fn train(
     bar.finish_and_clear();
     let (val_acc, best_epoch, w, b) = best.expect("at least one epoch");
     Ok(Trained { w, b, epochs, best_epoch, val_acc })
+}
+
+/// One pass over (x, y) in shuffled mini-batches; the summed loss and the correct count.
+fn one_epoch(
+    linear: &nn::Linear,
+    opt: &mut nn::Optimizer,
+    (x, y): (&Tensor, &Tensor),
+    batch: i64,
+    device: tch::Device,
+) -> (Tensor, Tensor) {
+    let n = x.size()[0];
+    let perm = Tensor::randperm(n, (Kind::Int64, x.device()));
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut i = 0;
+    while i < n {
+        let len = batch.min(n - i);
+        let idx = perm.narrow(0, i, len);
+        let xb = x.index_select(0, &idx).to_device(device);
+        let yb = y.index_select(0, &idx).to_device(device);
+        let logits = linear.forward(&xb);
+        let loss = logits.cross_entropy_for_logits(&yb);
+        opt.backward_step(&loss);
+        tch::no_grad(|| {
+            loss_sum += loss.detach() * len as f64;
+            correct += logits.argmax(1, false).eq_tensor(&yb).sum(Kind::Int64);
+        });
+        i += len;
+    }
+    (loss_sum, correct)
 }
 
 impl Schedule {

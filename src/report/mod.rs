@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Where a run's results go. Defaults stay under `runs/`, which git ignores, so a user's run
 /// never edits the repository's committed `results/`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct OutputConfig {
     /// Run directory; `None` means runs/<timestamp>-<short name>.
     pub out: Option<PathBuf>,
@@ -43,6 +43,24 @@ pub struct Outcome {
     pub test_top5: f64,
 }
 
+/// config.json: the command's validated config, the command's name, and the provenance of
+/// its features (data digest, weights digest, features digest, versions), so `reproduce`
+/// can rerun it and check each input.
+pub fn write_config(
+    run_dir: &Path,
+    command: &str,
+    config: &impl Serialize,
+    provenance: &[(String, String)],
+) -> Result<()> {
+    let mut v = serde_json::to_value(config)?;
+    let o = v.as_object_mut().context("a config serialises to an object")?;
+    o.insert("command".into(), command.into());
+    let p: serde_json::Map<String, serde_json::Value> =
+        provenance.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect();
+    o.insert("provenance".into(), p.into());
+    crate::util::files::write_json(&run_dir.join("config.json"), &v)
+}
+
 /// Writes the run directory's logs and the summary row of an evaluated feature set.
 pub fn write_run(
     run_dir: &Path,
@@ -61,7 +79,10 @@ pub fn write_run(
     if let Some(m) = &eval.test {
         write_per_class(run_dir, &set.class_names, m)?;
     }
-    let row = summary::run_row(&set.provenance, probe, eval, run_dir);
+    let mut row = summary::run_row(&set.provenance, probe, eval, run_dir);
+    if let Some(path) = &out.save_head {
+        row.set("head_sha256", crate::util::digest::file_sha256(path)?);
+    }
     row.write_single(&run_dir.join("result.csv"))?;
     row.append_to(&out.summary)?;
     let (top1, top5) = eval.test.as_ref().map(|m| (m.top1, m.top5)).unwrap_or((f64::NAN, f64::NAN));

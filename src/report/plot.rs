@@ -120,6 +120,45 @@ fn register_font() -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the built-in chart font could not be loaded"))
 }
 
+/// The y axis' top (%): the highest bar or error bar, rounded up to ten, plus ten.
+fn y_max(groups: &[Group]) -> f64 {
+    let top = groups
+        .iter()
+        .flat_map(|g| {
+            let r = if g.random.is_empty() {
+                0.0
+            } else {
+                let (m, s) = mean_sd(&g.random);
+                m + s
+            };
+            let p = if g.pretrained.is_empty() { 0.0 } else { mean_sd(&g.pretrained).0 };
+            [r, p]
+        })
+        .fold(0.0, f64::max);
+    ((top / 10.0).ceil() * 10.0 + 10.0).min(100.0)
+}
+
+/// One bar from pixel `l` to `r`: the mean, an sd error bar over several seeds, its value.
+fn draw_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    (l, r): (i32, i32),
+    values: &[f64],
+    color: RGBColor,
+    y: &dyn Fn(f64) -> i32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (m, sd) = mean_sd(values);
+    root.draw(&Rectangle::new([(l, y(m)), (r, y(0.0))], color.filled()))?;
+    if values.len() > 1 {
+        let c = (l + r) / 2;
+        let style = BLACK.stroke_width(2);
+        root.draw(&PathElement::new(vec![(c, y(m - sd)), (c, y(m + sd))], style))?;
+        root.draw(&PathElement::new(vec![(c - 8, y(m + sd)), (c + 8, y(m + sd))], style))?;
+        root.draw(&PathElement::new(vec![(c - 8, y(m - sd)), (c + 8, y(m - sd))], style))?;
+    }
+    let text = if values.len() > 1 { format!("{m:.1}±{sd:.1} (n={})", values.len()) } else { format!("{m:.1}") };
+    root.draw(&Text::new(text, (l, y(m + sd) - 18), ("sans-serif", 13).into_font().color(&BLACK)))
+}
+
 /// "test top-1" for test_top1, "val acc" for val_acc, …
 fn metric_name(metric: &str) -> String {
     metric.replace("_top", " top-").replace('_', " ")
@@ -137,20 +176,7 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the chart: {e:?}");
     root.fill(&WHITE).map_err(err)?;
-    let top = groups
-        .iter()
-        .flat_map(|g| {
-            let r = if g.random.is_empty() {
-                0.0
-            } else {
-                let (m, s) = mean_sd(&g.random);
-                m + s
-            };
-            let p = if g.pretrained.is_empty() { 0.0 } else { mean_sd(&g.pretrained).0 };
-            [r, p]
-        })
-        .fold(0.0, f64::max);
-    let ymax = ((top / 10.0).ceil() * 10.0 + 10.0).min(100.0);
+    let ymax = y_max(groups);
     let n = groups.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -213,19 +239,7 @@ where
                 .map_err(err)?;
                 continue;
             }
-            let (m, sd) = mean_sd(values);
-            root.draw(&Rectangle::new([(l, y(m)), (r, y(0.0))], color.filled())).map_err(err)?;
-            if values.len() > 1 {
-                let c = (l + r) / 2;
-                let style = BLACK.stroke_width(2);
-                root.draw(&PathElement::new(vec![(c, y(m - sd)), (c, y(m + sd))], style)).map_err(err)?;
-                root.draw(&PathElement::new(vec![(c - 8, y(m + sd)), (c + 8, y(m + sd))], style)).map_err(err)?;
-                root.draw(&PathElement::new(vec![(c - 8, y(m - sd)), (c + 8, y(m - sd))], style)).map_err(err)?;
-            }
-            let text =
-                if values.len() > 1 { format!("{m:.1}±{sd:.1} (n={})", values.len()) } else { format!("{m:.1}") };
-            root.draw(&Text::new(text, (l, y(m + sd) - 18), ("sans-serif", 13).into_font().color(&BLACK)))
-                .map_err(err)?;
+            draw_bar(&root, (l, r), values, color, &y).map_err(err)?;
         }
     }
     // Legend.

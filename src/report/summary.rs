@@ -22,6 +22,19 @@ impl Row {
             .with_context(|| format!("cannot append to summary {}", path.display()))
     }
 
+    /// The row of a one-row CSV written by `write_single` (a run's result.csv).
+    pub fn read_single(path: &Path) -> Result<Row> {
+        let mut rdr = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let h = rdr.headers()?.clone();
+        let rec = rdr.records().next().with_context(|| format!("{}: no row", path.display()))??;
+        Ok(Row(h.iter().zip(rec.iter()).map(|(a, b)| (a.to_string(), b.to_string())).collect()))
+    }
+
+    /// The value of `column`, if the row has it.
+    pub fn get(&self, column: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == column).map(|(_, v)| v.as_str())
+    }
+
     pub fn write_single(&self, path: &Path) -> Result<()> {
         write_atomic(path, |w| {
             let mut c = csv::Writer::from_writer(w);

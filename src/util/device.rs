@@ -45,7 +45,7 @@ pub fn name(d: Device) -> String {
 
 /// Where the work runs: a device spec (checked against the machine by `setup`) and the
 /// libtorch CPU thread count.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Compute {
     pub device: String,
     pub threads: usize,

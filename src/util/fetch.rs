@@ -86,11 +86,3 @@ pub fn md5_file(path: &Path) -> Result<String> {
     io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", hasher.finalize()))
 }
-
-/// sha256 of a file on disk, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("{:x}", hasher.finalize()))
-}

@@ -1,6 +1,7 @@
 //! What every stage leans on and nothing else: atomic files, downloads, signals, progress
 //! bars and the compute device. Nothing here imports a pipeline stage.
 pub mod device;
+pub mod digest;
 pub mod fetch;
 pub mod files;
 pub mod interrupt;

@@ -60,6 +60,8 @@ pub fn cnnprobe(cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(cwd)
         .env("CNNPROBE_CACHE_DIR", cwd.join(".cache"))
+        // Data digests' memo and any other cache stay in the fixture.
+        .env("XDG_CACHE_HOME", cwd.join(".xdg"))
         .output()
         .expect("cnnprobe runs")
 }
