@@ -73,8 +73,11 @@ fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
         );
         return Ok(());
     }
+    let start = std::time::Instant::now();
+    let mut bytes = 0;
     for name in names {
         let path = dir.join(name);
+        bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let want =
             m.sha256.get(name).with_context(|| format!("{}: features.json has no checksum for it", path.display()))?;
         let got = file_sha256(&path)?;
@@ -86,6 +89,7 @@ fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
             &want[..12.min(want.len())]
         );
     }
+    eprintln!("features: {} verified ({:.0} MB, {:.2} s)", names.join(", "), bytes as f64 / 1e6, start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -113,10 +117,12 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         FeatureFormat::Csv => write_csv(&dir.join("features.csv"), set)?,
     }
     let names: Vec<&str> = set.parts().iter().map(|(n, _)| *n).collect();
+    let start = std::time::Instant::now();
     let sha256 = file_names(format, &names)
         .into_iter()
         .map(|f| Ok((f.clone(), file_sha256(&dir.join(&f))?)))
         .collect::<Result<_>>()?;
+    eprintln!("features: checksummed in {:.2} s", start.elapsed().as_secs_f64());
     let manifest = Manifest {
         format,
         n_train: set.train.y.size()[0],
