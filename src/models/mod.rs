@@ -1,4 +1,5 @@
 //! Frozen backbones with torchvision-exact structure, names and initialisation.
+pub mod checkpoint;
 pub mod init;
 pub mod layers;
 pub mod pretrained;
