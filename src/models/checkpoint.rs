@@ -1,21 +1,25 @@
-//! Reading state dicts from files: torch.save zip `.pth`/`.pt` archives and `.safetensors`.
+//! Reading state dicts from files: torch.save's zip archives (PyTorch ≥ 1.6) and legacy
+//! streams (before 1.6, and `_use_new_zipfile_serialization=False`), and `.safetensors`.
 //!
 //! libtorch's own loaders (`Tensor::loadz_multi`, `VarStore::load`) reject what
 //! `torch.save(model.state_dict(), ...)` writes: an `OrderedDict` carrying `_metadata`
-//! ("isGenericDict() INTERNAL ASSERT FAILED"). So the zip archive is read here and its
-//! `data.pkl` is run through a small pickle interpreter.
+//! ("isGenericDict() INTERNAL ASSERT FAILED"), and they cannot read the legacy format at all.
+//! So both containers are read here and their pickles run through a small interpreter.
 //!
-//! Why not the `serde-pickle` crate: it has no persistent ids (`BINPERSID`, which is how
-//! torch refers to every storage) and it cannot keep unresolved globals such as
-//! `torch._utils._rebuild_tensor_v2` or `torch.FloatStorage` (it replaces them with `None`),
-//! so the tensors could not be rebuilt from its value tree. The interpreter below covers the
-//! opcodes of pickle protocols 2–5 that plain data and torch.save emit; it never imports or
-//! calls anything: the few globals torch uses are recognised by name, every other reduction
-//! becomes an opaque value that is skipped.
+//! Why no crate: `serde-pickle` has no persistent ids (`BINPERSID`, which is how torch refers
+//! to every storage) and replaces unresolved globals such as `torch._utils._rebuild_tensor_v2`
+//! with `None`, so tensors cannot be rebuilt from its value tree. `candle-core`'s pickle
+//! module reads zip archives only and brings a whole tensor library. `pytorch-reader` (burn's)
+//! reads both containers, but returns tensors in hash order (state dicts have an order),
+//! refuses big-endian archives that this reader handles, hands each tensor back as a `Vec`
+//! to copy again, and would add a second `zip` major version. The interpreter below covers
+//! the opcodes of pickle protocols 0–5 that plain data and torch.save emit (Python 2's
+//! included); it never imports or calls anything: the few globals torch uses are recognised
+//! by name, every other reduction becomes an opaque value that is skipped.
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 use std::{cell::RefCell, fmt::Write as _};
@@ -23,14 +27,16 @@ use tch::{Kind, Tensor};
 
 /// Reads a state dict: named CPU tensors in file order.
 ///
-/// `.safetensors` files go through libtorch's reader; anything else must be a torch.save zip
-/// archive (`.pth`, `.pt`, `.bin`, ...). A top-level dict without tensors that wraps one
-/// dict of tensors (`{"state_dict": {...}}`, `{"model": {...}}`) yields the inner dict.
-/// Entries that are not tensors (ints, strings, nested dicts) are skipped.
+/// `.safetensors` files go through libtorch's reader; anything else must be a torch.save file
+/// (`.pth`, `.pt`, `.bin`, ...), zip or legacy, told apart by its first bytes. A top-level
+/// dict without tensors that wraps one dict of tensors (`{"state_dict": {...}}`,
+/// `{"model": {...}}`) yields the inner dict. Entries that are not tensors (ints, strings,
+/// nested dicts) are skipped.
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let name = path.display();
     let mut file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
-    let mut head = [0u8; 16];
+    let len = file.metadata().with_context(|| format!("{name}: cannot read"))?.len();
+    let mut head = [0u8; 512];
     let n = read_up_to(&mut file, &mut head).with_context(|| format!("{name}: cannot read"))?;
     let head = &head[..n];
     let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
@@ -39,24 +45,25 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         return read_safetensors(path);
     }
     if n == 0 {
-        bail!("{name}: empty file (expected a torch.save zip archive or a safetensors file)");
-    }
-    if head.first() == Some(&0x80) {
-        bail!(
-            "{name}: not a torch.save zip archive (legacy pickle format is not supported; \
-             re-save with torch.save(..., _use_new_zipfile_serialization=True))"
-        );
-    }
-    if !head.starts_with(b"PK") {
-        bail!("{name}: not a torch.save zip archive nor a safetensors file");
+        bail!("{name}: empty file (expected a torch.save file or a safetensors file)");
     }
     file.rewind().with_context(|| format!("{name}: cannot read"))?;
-    // The zip crate is meant to return errors on malformed archives; a panic deep inside it
-    // on hostile input must still not take the caller down.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_torch_zip(file))) {
-        Ok(r) => r.map_err(|e| anyhow!("{name}: {e:#}")),
-        Err(_) => bail!("{name}: corrupt zip archive"),
+    if head.starts_with(b"PK") {
+        // The zip crate is meant to return errors on malformed archives; a panic deep inside
+        // it on hostile input must still not take the caller down.
+        return match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_torch_zip(file))) {
+            Ok(r) => r.map_err(|e| anyhow!("{name}: {e:#}")),
+            Err(_) => bail!("{name}: corrupt zip archive"),
+        };
     }
+    // PROTO (protocol 2+) or the text LONG of protocols 0/1: the legacy magic-number pickle.
+    if head[0] == 0x80 || (head[0] == b'L' && head.get(1).is_some_and(u8::is_ascii_digit)) {
+        return read_legacy(file, len).map_err(|e| anyhow!("{name}: legacy torch.save file: {e:#}"));
+    }
+    if head.get(257..262) == Some(b"ustar") {
+        bail!("{name}: a tar archive (torch.save before PyTorch 0.1.10 wrote those), which is not supported");
+    }
+    bail!("{name}: not a torch.save file (zip or legacy) nor a safetensors file");
 }
 
 /// libtorch's reader validates the header and sizes but returns the tensors in hash order;
@@ -128,13 +135,22 @@ fn read_torch_zip(file: File) -> Result<Vec<(String, Tensor)>> {
         Err(EntryError::Missing) => bail!("{pkl_name} is missing"),
         Err(EntryError::Other(e)) => return Err(e),
     };
-    let mut unpickler = Unpickler::new(&pickle);
-    let root = unpickler.run().with_context(|| format!("{pkl_name} is not a readable pickle"))?;
+    let mut src = Source::new(pickle.as_slice(), 0, pickle.len() as u64);
+    let (root, refs) =
+        Unpickler::new(&mut src).run_with_storages().with_context(|| format!("{pkl_name} is not a readable pickle"))?;
     let entries = select_state_dict(&root)?;
-    let mut storages = StorageCache { zip: &mut zip, prefix: prefix.to_owned(), big_endian, loaded: HashMap::new() };
+    let mut loaded: HashMap<usize, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (key, spec) in entries {
-        let t = storages.build(&unpickler.storages, &spec).with_context(|| format!("tensor {key:?}"))?;
+        let t = (|| {
+            let idx = spec.storage.index;
+            if !loaded.contains_key(&idx) {
+                let t = read_zip_storage(&mut zip, prefix, big_endian, &refs[idx])?;
+                loaded.insert(idx, t);
+            }
+            build(&spec, &refs, &loaded)
+        })()
+        .with_context(|| format!("tensor {key:?}"))?;
         out.push((key, t));
     }
     Ok(out)
@@ -162,6 +178,172 @@ fn read_entry<R: Read + Seek>(
         return Err(EntryError::Other(anyhow!("{name} is larger than {limit} bytes")));
     }
     Ok(buf)
+}
+
+/// One storage of a zip archive (`<prefix>data/<key>`), read straight into a tensor.
+fn read_zip_storage<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    prefix: &str,
+    big_endian: bool,
+    r: &StorageRef,
+) -> Result<Tensor> {
+    let kind = r.kind.ok_or_else(|| anyhow!("unsupported storage type torch.{}", r.type_name))?;
+    let name = format!("data/{}", r.key);
+    let mut t = storage_tensor(kind, r.numel).with_context(|| format!("storage {name}"))?;
+    let mut entry = match zip.by_name(&format!("{prefix}{name}")) {
+        Ok(e) => e,
+        Err(zip::result::ZipError::FileNotFound) => bail!("storage {name} is missing from the archive"),
+        Err(e) => bail!("cannot open storage {name} ({e})"),
+    };
+    let bytes = bytes_mut(&mut t);
+    let needed = bytes.len();
+    let got = read_up_to(&mut entry, bytes).map_err(|e| anyhow!("cannot read storage {name} ({e})"))?;
+    if got < needed {
+        bail!("storage {name} has {got} bytes, needs {needed} ({} × {kind:?})", r.numel);
+    }
+    // Read on to the entry's end, where the zip crate checks the CRC; a storage larger than
+    // its tensors need is fine.
+    std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| anyhow!("cannot read storage {name} ({e})"))?;
+    fix_bytes(bytes, kind, big_endian);
+    Ok(t)
+}
+
+/// torch's legacy magic number (torch/serialization.py, MAGIC_NUMBER).
+const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
+/// torch's legacy PROTOCOL_VERSION.
+const LEGACY_PROTOCOL: i64 = 1001;
+
+/// The legacy container (torch/serialization.py `_legacy_save`): pickles of the magic number,
+/// the protocol version, sys_info, the object, and the sorted list of storage keys; then, per
+/// key in that list's order, an int64 element count and the storage's little-endian bytes.
+/// Read as a stream: storages go straight from the file into their tensors.
+fn read_legacy(file: File, len: u64) -> Result<Vec<(String, Tensor)>> {
+    let mut src = Source::new(BufReader::with_capacity(1 << 16, file), 0, len);
+    let magic = Unpickler::new(&mut src).run().context("the magic-number pickle is not readable")?;
+    if !matches!(magic, Value::BigInt(Some(LEGACY_MAGIC))) {
+        bail!("wrong magic number: its first pickle holds {}, not 0x1950a86a20f9469cfc6c", magic.describe());
+    }
+    let version = Unpickler::new(&mut src).run().context("the protocol-version pickle is not readable")?;
+    if !matches!(version, Value::Int(LEGACY_PROTOCOL)) {
+        bail!("protocol version {}, expected {LEGACY_PROTOCOL}", version.describe());
+    }
+    let sys_info = Unpickler::new(&mut src).run().context("the sys_info pickle is not readable")?;
+    check_sys_info(&sys_info)?;
+    let (root, refs) = Unpickler::new(&mut src).run_with_storages().context("the object pickle is not readable")?;
+    let keys = Unpickler::new(&mut src).run().context("the storage-key pickle is not readable")?;
+    let keys = storage_keys(&keys, &refs)?;
+    let entries = select_state_dict(&root)?;
+
+    let wanted: HashSet<usize> = entries.iter().map(|(_, s)| s.storage.index).collect();
+    let by_key: HashMap<&str, usize> = refs.iter().enumerate().map(|(i, r)| (r.key.as_str(), i)).collect();
+    let mut loaded: HashMap<usize, Tensor> = HashMap::new();
+    let total = keys.len();
+    for (i, key) in keys.iter().enumerate() {
+        let idx = by_key[key.as_str()];
+        let r = &refs[idx];
+        let what = || format!("storage {key:?} ({} of {total})", i + 1);
+        let at = src.pos;
+        let count = i64::from_le_bytes(src.array().with_context(|| format!("{}: no element count", what()))?);
+        if count != r.numel {
+            bail!("{}: the file holds {count} elements at byte {at}, the pickle says {}", what(), r.numel);
+        }
+        let elt = storage_elt_size(&r.type_name)
+            .ok_or_else(|| anyhow!("{}: unsupported storage type torch.{}", what(), r.type_name))?;
+        let nbytes = usize::try_from(count).ok().and_then(|n| n.checked_mul(elt)).filter(|&n| n as u64 <= src.left());
+        let Some(nbytes) = nbytes else {
+            bail!(
+                "{}: {count} × {elt} bytes do not fit in the {} bytes left at byte {} (truncated?)",
+                what(),
+                src.left(),
+                src.pos
+            );
+        };
+        match r.kind {
+            Some(kind) if wanted.contains(&idx) => {
+                let mut t = storage_tensor(kind, count).with_context(what)?;
+                let bytes = bytes_mut(&mut t);
+                src.fill(bytes).with_context(what)?;
+                fix_bytes(bytes, kind, false);
+                loaded.insert(idx, t);
+            }
+            _ => src.skip(nbytes as u64).with_context(what)?,
+        }
+    }
+    if src.left() > 0 {
+        bail!("{} unexpected bytes after the last storage (at byte {})", src.left(), src.pos);
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, spec) in entries {
+        let t = build(&spec, &refs, &loaded).with_context(|| format!("tensor {key:?}"))?;
+        out.push((key, t));
+    }
+    Ok(out)
+}
+
+/// torch writes storages little-endian whatever the machine; a big-endian writer is refused
+/// all the same, as torch's own sys_info check once did, and type sizes must be plausible.
+fn check_sys_info(v: &Value) -> Result<()> {
+    let Value::Dict(d) = v else {
+        bail!("sys_info is {}, not a dict", v.describe());
+    };
+    let get = |d: &Dict, k: &str| {
+        d.borrow().iter().find(|(x, _)| matches!(x, Value::Str(s) if s == k)).map(|(_, v)| v.clone())
+    };
+    match get(d, "little_endian") {
+        Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => {
+            bail!("written on a big-endian machine (sys_info little_endian=False), not supported")
+        }
+        other => bail!("sys_info has no little_endian flag ({})", other.map_or("missing".into(), |v| v.describe())),
+    }
+    if let Some(sizes) = get(d, "type_sizes") {
+        let Value::Dict(sizes) = sizes else {
+            bail!("sys_info type_sizes is {}, not a dict", sizes.describe());
+        };
+        for (k, ok) in [("short", &[2][..]), ("int", &[4]), ("long", &[4, 8])] {
+            match get(&sizes, k) {
+                Some(Value::Int(n)) if ok.contains(&n) => {}
+                None => {}
+                Some(v) => bail!("sys_info says a C {k} has {} bytes", v.describe()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The storage-key list: each key once, and exactly the storages the object pickle names.
+fn storage_keys(v: &Value, refs: &[StorageRef]) -> Result<Vec<String>> {
+    let Value::List(l) = v else {
+        bail!("the storage-key pickle holds {}, not a list", v.describe());
+    };
+    let mut keys = Vec::new();
+    let mut seen = HashSet::new();
+    for k in l.borrow().iter() {
+        let Value::Str(k) = k else {
+            bail!("the storage-key list holds {}, not a string", k.describe());
+        };
+        if !seen.insert(k.clone()) {
+            bail!("storage {k:?} is listed twice");
+        }
+        keys.push(k.clone());
+    }
+    let named: HashSet<&str> = refs.iter().map(|r| r.key.as_str()).collect();
+    if let Some(k) = keys.iter().find(|k| !named.contains(k.as_str())) {
+        bail!(
+            "storage count mismatch: the key list has {} storages, the pickle names {}; {k:?} is not in the pickle",
+            keys.len(),
+            refs.len()
+        );
+    }
+    if let Some(r) = refs.iter().find(|r| !seen.contains(&r.key)) {
+        bail!(
+            "storage count mismatch: the key list has {} storages, the pickle names {}; {:?} has no data",
+            keys.len(),
+            refs.len(),
+            r.key
+        );
+    }
+    Ok(keys)
 }
 
 /// Picks the dict of tensors out of the unpickled root object.
@@ -215,7 +397,7 @@ fn select_state_dict(root: &Value) -> Result<Vec<(String, TensorSpec)>> {
     )
 }
 
-/// `('storage', torch.XStorage, key, location, numel)` from a persistent id.
+/// `('storage', torch.XStorage, key, location, numel[, view])` from a persistent id.
 #[derive(Clone, Debug)]
 struct StorageRef {
     type_name: String,
@@ -224,10 +406,19 @@ struct StorageRef {
     numel: i64,
 }
 
-/// A `_rebuild_tensor_v2` call, kept lazy so that skipped entries cost nothing.
+/// What a persistent id hands to `_rebuild_tensor`: a storage, or (legacy files of old
+/// PyTorch versions) a window `offset..offset + numel` of one.
+#[derive(Clone, Copy, Debug)]
+struct StorageView {
+    index: usize,
+    offset: i64,
+    numel: i64,
+}
+
+/// A `_rebuild_tensor(_v2)` call, kept lazy so that skipped entries cost nothing.
 #[derive(Clone, Debug)]
 struct TensorSpec {
-    storage: usize,
+    storage: StorageView,
     offset: i64,
     size: Vec<i64>,
     stride: Vec<i64>,
@@ -249,89 +440,152 @@ fn storage_kind(name: &str) -> Option<Kind> {
     })
 }
 
-struct StorageCache<'a, R: Read + Seek> {
-    zip: &'a mut zip::ZipArchive<R>,
-    prefix: String,
-    big_endian: bool,
-    loaded: HashMap<usize, Tensor>,
+/// Bytes per element, also of storages that cannot become tensors here (so a legacy stream
+/// can step over them).
+fn storage_elt_size(name: &str) -> Option<usize> {
+    if let Some(k) = storage_kind(name) {
+        return Some(k.elt_size_in_bytes());
+    }
+    Some(match name {
+        "ComplexDoubleStorage" => 16,
+        "ComplexFloatStorage" => 8,
+        "ComplexHalfStorage" | "QInt32Storage" => 4,
+        "QInt8Storage" | "QUInt8Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => 1,
+        _ => return None,
+    })
 }
 
-impl<R: Read + Seek> StorageCache<'_, R> {
-    fn storage(&mut self, refs: &[StorageRef], idx: usize) -> Result<Tensor> {
-        if let Some(t) = self.loaded.get(&idx) {
-            return Ok(t.shallow_clone());
-        }
-        let r = refs.get(idx).ok_or_else(|| anyhow!("internal: unknown storage"))?;
-        let kind = r.kind.ok_or_else(|| anyhow!("unsupported storage type torch.{}", r.type_name))?;
-        let elt = kind.elt_size_in_bytes();
-        let name = format!("data/{}", r.key);
-        let needed = usize::try_from(r.numel)
-            .ok()
-            .and_then(|n| n.checked_mul(elt))
-            .ok_or_else(|| anyhow!("storage {name} has an invalid size of {} elements", r.numel))?;
-        let full = format!("{}{name}", self.prefix);
-        let entry = match self.zip.by_name(&full) {
-            Ok(e) => e,
-            Err(zip::result::ZipError::FileNotFound) => {
-                bail!("storage {name} is missing from the archive")
-            }
-            Err(e) => bail!("cannot open storage {name} ({e})"),
-        };
-        // One byte past what is needed so that the reader reaches the entry's end (where the
-        // zip crate checks the CRC); a storage larger than its tensors need is fine.
-        let mut bytes = Vec::new();
-        entry
-            .take((needed as u64).saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(|e| anyhow!("cannot read storage {name} ({e})"))?;
-        bytes.truncate(needed);
-        if bytes.len() < needed {
-            bail!("storage {name} has {} bytes, needs {needed} ({} × {kind:?})", bytes.len(), r.numel);
-        }
-        if self.big_endian && elt > 1 {
-            bytes.chunks_exact_mut(elt).for_each(|c| c.reverse());
-        }
-        if kind == Kind::Bool {
-            // libtorch assumes bools are 0 or 1.
-            bytes.iter_mut().for_each(|b| *b = (*b != 0) as u8);
-        }
-        let t = Tensor::f_from_data_size(&bytes, &[r.numel], kind).map_err(|e| anyhow!("storage {name}: {e}"))?;
-        self.loaded.insert(idx, t.shallow_clone());
-        Ok(t)
-    }
+/// A zero-filled storage tensor (zeroed, so its bytes may be handed out as a `&mut [u8]`).
+fn storage_tensor(kind: Kind, numel: i64) -> Result<Tensor> {
+    Tensor::f_zeros([numel], (kind, tch::Device::Cpu)).map_err(|e| anyhow!("cannot allocate {numel} × {kind:?}: {e}"))
+}
 
-    fn build(&mut self, refs: &[StorageRef], spec: &TensorSpec) -> Result<Tensor> {
-        let storage = self.storage(refs, spec.storage)?;
-        let numel = refs.get(spec.storage).map_or(0, |r| r.numel);
-        if spec.size.len() != spec.stride.len() {
-            bail!("size {:?} and stride {:?} differ in length", spec.size, spec.stride);
+/// The bytes of a storage tensor from `storage_tensor`, to read the file straight into.
+fn bytes_mut(t: &mut Tensor) -> &mut [u8] {
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: `t` is a contiguous CPU tensor that owns `n` initialised bytes at data_ptr and
+    // shares them with nothing yet; the slice borrows `t` mutably, so it cannot outlive it.
+    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, n) }
+}
+
+/// File bytes to host values: byte order, and bools as libtorch assumes them (0 or 1).
+fn fix_bytes(bytes: &mut [u8], kind: Kind, big_endian: bool) {
+    let elt = kind.elt_size_in_bytes();
+    if big_endian && elt > 1 {
+        bytes.chunks_exact_mut(elt).for_each(|c| c.reverse());
+    }
+    if kind == Kind::Bool {
+        bytes.iter_mut().for_each(|b| *b = (*b != 0) as u8);
+    }
+}
+
+/// The tensor `spec` describes, checked against its storage (view) and copied out of it only
+/// when it is not the whole storage already.
+fn build(spec: &TensorSpec, refs: &[StorageRef], loaded: &HashMap<usize, Tensor>) -> Result<Tensor> {
+    let view = spec.storage;
+    let Some(storage) = loaded.get(&view.index) else {
+        let r = &refs[view.index];
+        bail!("unsupported storage type torch.{}", r.type_name);
+    };
+    if spec.size.len() != spec.stride.len() {
+        bail!("size {:?} and stride {:?} differ in length", spec.size, spec.stride);
+    }
+    if spec.offset < 0 || spec.size.iter().chain(&spec.stride).any(|&v| v < 0) {
+        bail!("invalid view: offset {}, size {:?}, stride {:?}", spec.offset, spec.size, spec.stride);
+    }
+    let numel = view.numel;
+    // Last element reached by the view, which must lie inside the storage.
+    let empty = spec.size.contains(&0);
+    let extent = spec
+        .size
+        .iter()
+        .zip(&spec.stride)
+        .try_fold(spec.offset, |acc, (&n, &s)| (n.max(1) - 1).checked_mul(s).and_then(|d| acc.checked_add(d)));
+    match extent {
+        Some(_) if empty => {}
+        Some(last) if last < numel => {}
+        _ => bail!(
+            "view (offset {}, size {:?}, stride {:?}) runs past its storage of {numel} elements",
+            spec.offset,
+            spec.size,
+            spec.stride
+        ),
+    }
+    let t = if empty {
+        Tensor::f_empty(spec.size.as_slice(), (storage.kind(), tch::Device::Cpu))?
+    } else {
+        storage.f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), view.offset + spec.offset)?.f_contiguous()?
+    };
+    Ok(t)
+}
+
+/// Pickle bytes from a slice or a file, with the count of bytes left known, so that no length
+/// read from the file is trusted (or allocated) beyond what the file holds.
+struct Source<R> {
+    r: R,
+    /// Bytes consumed, counted from the file's start.
+    pos: u64,
+    end: u64,
+}
+
+impl<R: BufRead> Source<R> {
+    fn new(r: R, pos: u64, end: u64) -> Self {
+        Source { r, pos, end }
+    }
+    fn left(&self) -> u64 {
+        self.end.saturating_sub(self.pos)
+    }
+    fn fill(&mut self, buf: &mut [u8]) -> Result<()> {
+        if buf.len() as u64 > self.left() {
+            bail!("truncated at byte {}", self.pos);
         }
-        if spec.offset < 0 || spec.size.iter().chain(&spec.stride).any(|&v| v < 0) {
-            bail!("invalid view: offset {}, size {:?}, stride {:?}", spec.offset, spec.size, spec.stride);
+        self.r.read_exact(buf).map_err(|e| anyhow!("cannot read at byte {} ({e})", self.pos))?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        if n as u64 > self.left() {
+            bail!("truncated at byte {}", self.pos);
         }
-        // Last element reached by the view, which must lie inside the storage.
-        let empty = spec.size.contains(&0);
-        let extent = spec
-            .size
-            .iter()
-            .zip(&spec.stride)
-            .try_fold(spec.offset, |acc, (&n, &s)| (n.max(1) - 1).checked_mul(s).and_then(|d| acc.checked_add(d)));
-        match extent {
-            Some(_) if empty => {}
-            Some(last) if last < numel => {}
-            _ => bail!(
-                "view (offset {}, size {:?}, stride {:?}) runs past its storage of {numel} elements",
-                spec.offset,
-                spec.size,
-                spec.stride
-            ),
+        let mut v = vec![0; n];
+        self.fill(&mut v)?;
+        Ok(v)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0; N];
+        self.fill(&mut a)?;
+        Ok(a)
+    }
+    fn skip(&mut self, n: u64) -> Result<()> {
+        if n > self.left() {
+            bail!("truncated at byte {}", self.pos);
         }
-        let t = if empty {
-            Tensor::f_empty(spec.size.as_slice(), (storage.kind(), tch::Device::Cpu))?
-        } else {
-            storage.f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), spec.offset)?.f_contiguous()?
-        };
-        Ok(t)
+        let copied = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink())
+            .map_err(|e| anyhow!("cannot read at byte {} ({e})", self.pos))?;
+        if copied < n {
+            bail!("truncated at byte {}", self.pos + copied);
+        }
+        self.pos += n;
+        Ok(())
+    }
+    /// One text line of the protocol-0 opcodes, without its newline.
+    fn line(&mut self) -> Result<String> {
+        const MAX_LINE: u64 = 1 << 16;
+        let mut buf = Vec::new();
+        let limit = self.left().min(MAX_LINE);
+        (&mut self.r)
+            .take(limit)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| anyhow!("cannot read at byte {} ({e})", self.pos))?;
+        let at = self.pos;
+        self.pos += buf.len() as u64;
+        if buf.pop() != Some(b'\n') {
+            bail!("truncated or overlong text line at byte {at}");
+        }
+        String::from_utf8(buf).map_err(|_| anyhow!("invalid text at byte {at}"))
     }
 }
 
@@ -346,8 +600,9 @@ enum Value {
     None,
     Bool(bool),
     Int(i64),
-    /// An integer beyond i64 (LONG1/LONG4): only its presence matters here.
-    BigInt,
+    /// An integer beyond i64 (LONG1/LONG4, text LONG): its value where it fits in i128
+    /// (torch's legacy magic number does).
+    BigInt(Option<i128>),
     Float(f64),
     Str(String),
     Bytes,
@@ -356,7 +611,7 @@ enum Value {
     Dict(Dict),
     /// `module.name`, as pushed by GLOBAL / STACK_GLOBAL.
     Global(Rc<(String, String)>),
-    Storage(usize),
+    Storage(StorageView),
     Tensor(Rc<TensorSpec>),
     /// The result of a reduction this reader does not model (`torch.device`, custom classes).
     Opaque(Rc<String>),
@@ -368,7 +623,8 @@ impl Value {
             Value::None => "None".into(),
             Value::Bool(b) => format!("{b}"),
             Value::Int(i) => format!("{i}"),
-            Value::BigInt => "a big int".into(),
+            Value::BigInt(Some(i)) => format!("{i:#x}"),
+            Value::BigInt(None) => "a big int".into(),
             Value::Float(f) => format!("{f}"),
             Value::Str(s) => format!("{s:?}"),
             Value::Bytes => "bytes".into(),
@@ -383,9 +639,8 @@ impl Value {
     }
 }
 
-struct Unpickler<'a> {
-    data: &'a [u8],
-    pos: usize,
+struct Unpickler<'s, R> {
+    src: &'s mut Source<R>,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
@@ -393,11 +648,10 @@ struct Unpickler<'a> {
     storage_ids: HashMap<String, usize>,
 }
 
-impl<'a> Unpickler<'a> {
-    fn new(data: &'a [u8]) -> Self {
+impl<'s, R: BufRead> Unpickler<'s, R> {
+    fn new(src: &'s mut Source<R>) -> Self {
         Unpickler {
-            data,
-            pos: 0,
+            src,
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
@@ -406,77 +660,66 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| anyhow!("truncated pickle at byte {}", self.pos))?;
-        let s = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(s)
+    /// The unpickled object and the storages its persistent ids named, in first-use order.
+    fn run_with_storages(mut self) -> Result<(Value, Vec<StorageRef>)> {
+        let v = self.run()?;
+        Ok((v, self.storages))
+    }
+
+    fn take(&mut self, n: usize) -> Result<Vec<u8>> {
+        self.src.take(n)
     }
     fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
+        Ok(self.src.array::<1>()?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.src.array()?))
     }
     fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.src.array()?))
     }
     fn u64(&mut self) -> Result<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.src.array()?))
     }
     fn len64(&mut self) -> Result<usize> {
         let n = self.u64()?;
         usize::try_from(n).map_err(|_| anyhow!("length {n} too large"))
     }
-    fn line(&mut self) -> Result<&'a str> {
-        let rest = &self.data[self.pos..];
-        let n =
-            rest.iter().position(|&b| b == b'\n').ok_or_else(|| anyhow!("truncated pickle at byte {}", self.pos))?;
-        let s = std::str::from_utf8(&rest[..n]).map_err(|_| anyhow!("invalid text at byte {}", self.pos))?;
-        self.pos += n + 1;
-        Ok(s)
+    fn line(&mut self) -> Result<String> {
+        self.src.line()
     }
     fn string(&mut self, n: usize) -> Result<Value> {
         let b = self.take(n)?;
-        let s = std::str::from_utf8(b).map_err(|_| anyhow!("invalid UTF-8 string"))?;
-        Ok(Value::Str(s.to_owned()))
+        let s = String::from_utf8(b).map_err(|_| anyhow!("invalid UTF-8 string"))?;
+        Ok(Value::Str(s))
     }
 
     fn pop(&mut self) -> Result<Value> {
-        self.stack.pop().ok_or_else(|| anyhow!("stack underflow at byte {}", self.pos))
+        self.stack.pop().ok_or_else(|| anyhow!("stack underflow at byte {}", self.src.pos))
     }
     fn top(&mut self) -> Result<&mut Value> {
-        let pos = self.pos;
+        let pos = self.src.pos;
         self.stack.last_mut().ok_or_else(|| anyhow!("stack underflow at byte {pos}"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let m = self.marks.pop().ok_or_else(|| anyhow!("missing MARK at byte {}", self.pos))?;
+        let m = self.marks.pop().ok_or_else(|| anyhow!("missing MARK at byte {}", self.src.pos))?;
         if m > self.stack.len() {
-            bail!("corrupt MARK at byte {}", self.pos);
+            bail!("corrupt MARK at byte {}", self.src.pos);
         }
         Ok(self.stack.split_off(m))
     }
     fn memo_get(&self, i: u32) -> Result<Value> {
-        self.memo.get(&i).cloned().ok_or_else(|| anyhow!("memo entry {i} missing at byte {}", self.pos))
+        self.memo.get(&i).cloned().ok_or_else(|| anyhow!("memo entry {i} missing at byte {}", self.src.pos))
     }
     fn memo_put(&mut self, i: u32) -> Result<()> {
-        let v = self.stack.last().cloned().ok_or_else(|| anyhow!("stack underflow at byte {}", self.pos))?;
+        let v = self.stack.last().cloned().ok_or_else(|| anyhow!("stack underflow at byte {}", self.src.pos))?;
         self.memo.insert(i, v);
         Ok(())
     }
 
     fn run(&mut self) -> Result<Value> {
         loop {
-            let at = self.pos;
+            let at = self.src.pos;
             let op = self.u8()?;
             match op {
                 0x80 => {
@@ -523,10 +766,10 @@ impl<'a> Unpickler<'a> {
                         usize::try_from(n).map_err(|_| anyhow!("negative LONG4 length"))?
                     };
                     let b = self.take(n)?;
-                    self.stack.push(long_value(b));
+                    self.stack.push(long_value(&b));
                 }
                 b'I' => {
-                    let v = match self.line()? {
+                    let v = match self.line()?.as_str() {
                         "00" => Value::Bool(false),
                         "01" => Value::Bool(true),
                         s => Value::Int(s.trim().parse().map_err(|_| anyhow!("bad INT {s:?}"))?),
@@ -534,14 +777,17 @@ impl<'a> Unpickler<'a> {
                     self.stack.push(v);
                 }
                 b'L' => {
-                    let s = self.line()?.trim_end_matches('L');
-                    self.stack.push(s.parse().map(Value::Int).unwrap_or(Value::BigInt));
+                    let s = self.line()?;
+                    let s = s.trim_end_matches('L');
+                    let v = match s.parse::<i64>() {
+                        Ok(i) => Value::Int(i),
+                        Err(_) => Value::BigInt(s.parse::<i128>().ok()),
+                    };
+                    self.stack.push(v);
                 }
                 b'G' => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.stack.push(Value::Float(f64::from_be_bytes(a)));
+                    let v = f64::from_be_bytes(self.src.array()?);
+                    self.stack.push(Value::Float(v));
                 }
                 b'F' => {
                     let s = self.line()?;
@@ -567,7 +813,7 @@ impl<'a> Unpickler<'a> {
                 b'T' | b'U' => {
                     let n = if op == b'T' { self.u32()? as usize } else { self.u8()? as usize };
                     let b = self.take(n)?;
-                    self.stack.push(Value::Str(String::from_utf8_lossy(b).into_owned()));
+                    self.stack.push(Value::Str(String::from_utf8_lossy(&b).into_owned()));
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
                     let n = match op {
@@ -575,7 +821,7 @@ impl<'a> Unpickler<'a> {
                         b'C' => self.u8()? as usize,
                         _ => self.len64()?,
                     };
-                    self.take(n)?;
+                    self.src.skip(n as u64)?;
                     self.stack.push(Value::Bytes);
                 }
                 b'}' => self.stack.push(Value::Dict(Dict::default())),
@@ -627,8 +873,8 @@ impl<'a> Unpickler<'a> {
                     }
                 }
                 b'c' => {
-                    let module = self.line()?.to_owned();
-                    let name = self.line()?.to_owned();
+                    let module = self.line()?;
+                    let name = self.line()?;
                     self.stack.push(Value::Global(Rc::new((module, name))));
                 }
                 0x93 => {
@@ -709,27 +955,61 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    /// torch's persistent ids: `('storage', torch.XStorage, key, location, numel)` in zip
+    /// archives; legacy files add `view_metadata`, None or `(view_key, offset, numel)`.
     fn persistent_load(&mut self, pid: &Value) -> Result<Value> {
         let Value::Tuple(t) = pid else {
             bail!("persistent id is {}, not a tuple", pid.describe());
         };
-        match t.as_slice() {
-            [Value::Str(tag), Value::Global(ty), Value::Str(key), _location, Value::Int(numel)] if tag == "storage" => {
-                if let Some(&i) = self.storage_ids.get(key) {
-                    return Ok(Value::Storage(i));
+        let (head, rest) = match t.as_slice() {
+            [Value::Str(tag), rest @ ..] => (tag.as_str(), rest),
+            _ => bail!("unrecognised persistent id {pid:?}"),
+        };
+        let (ty, key, numel, view) = match (head, rest) {
+            ("storage", [Value::Global(ty), Value::Str(key), _location, Value::Int(numel)]) => (ty, key, *numel, None),
+            ("storage", [Value::Global(ty), Value::Str(key), _location, Value::Int(numel), view]) => {
+                (ty, key, *numel, Some(view))
+            }
+            // A legacy full-model save names each module's class; the model stays opaque.
+            ("module", _) => return Ok(Value::Opaque(Rc::new("torch.nn.Module".into()))),
+            _ => bail!("unrecognised persistent id {pid:?}"),
+        };
+        if numel < 0 {
+            bail!("storage {key:?} has a negative size {numel}");
+        }
+        let index = match self.storage_ids.get(key) {
+            Some(&i) => {
+                let r = &self.storages[i];
+                if r.numel != numel || r.type_name != ty.1 {
+                    bail!("storage {key:?} is named as {} × {} and as {numel} × {}", r.numel, r.type_name, ty.1);
                 }
+                i
+            }
+            None => {
                 let i = self.storages.len();
                 self.storages.push(StorageRef {
                     type_name: ty.1.clone(),
                     kind: (ty.0 == "torch").then(|| storage_kind(&ty.1)).flatten(),
                     key: key.clone(),
-                    numel: *numel,
+                    numel,
                 });
                 self.storage_ids.insert(key.clone(), i);
-                Ok(Value::Storage(i))
+                i
             }
-            _ => bail!("unrecognised persistent id {pid:?}"),
-        }
+        };
+        let (offset, len) = match view {
+            None | Some(Value::None) => (0, numel),
+            Some(Value::Tuple(v)) => match v.as_slice() {
+                [Value::Str(_), Value::Int(o), Value::Int(n)]
+                    if *o >= 0 && *n >= 0 && o.checked_add(*n).is_some_and(|e| e <= numel) =>
+                {
+                    (*o, *n)
+                }
+                _ => bail!("storage {key:?}: view {v:?} does not fit its {numel} elements"),
+            },
+            Some(v) => bail!("storage {key:?}: view metadata is {}", v.describe()),
+        };
+        Ok(Value::Storage(StorageView { index, offset, numel: len }))
     }
 
     fn reduce(&mut self, func: &Value, args: &[Value]) -> Result<Value> {
@@ -741,12 +1021,21 @@ impl<'a> Unpickler<'a> {
         Ok(match (module, name) {
             ("collections", "OrderedDict") | ("builtins", "dict") | ("__builtin__", "dict") => {
                 let d = Dict::default();
+                // Items as (k, v) tuples, or as [k, v] lists (Python 2's OrderedDict.__reduce__).
                 if let Some(Value::List(items)) = args.first() {
                     for pair in items.borrow().iter() {
-                        if let Value::Tuple(p) = pair {
-                            if let [k, v] = p.as_slice() {
-                                dict_set(&d, k.clone(), v.clone());
+                        match pair {
+                            Value::Tuple(p) => {
+                                if let [k, v] = p.as_slice() {
+                                    dict_set(&d, k.clone(), v.clone());
+                                }
                             }
+                            Value::List(p) => {
+                                if let [k, v] = p.borrow().as_slice() {
+                                    dict_set(&d, k.clone(), v.clone());
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -804,21 +1093,22 @@ fn ints(v: &Value) -> Option<Vec<i64>> {
 
 /// LONG1/LONG4 payload: little-endian two's complement.
 fn long_value(b: &[u8]) -> Value {
-    if b.is_empty() {
+    let Some(&last) = b.last() else {
         return Value::Int(0);
+    };
+    let sign = if last & 0x80 != 0 { 0xff } else { 0 };
+    // Beyond 16 bytes it still fits if the extra bytes are pure sign extension.
+    if b.len() > 16 && (b[16..].iter().any(|&x| x != sign) || (b[15] & 0x80 != 0) != (sign == 0xff)) {
+        return Value::BigInt(None);
     }
-    if b.len() > 8 {
-        let sign = if b[b.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
-        // Still fits if the extra bytes are pure sign extension.
-        if b[8..].iter().any(|&x| x != sign) || (b[7] & 0x80 != 0) != (sign == 0xff) {
-            return Value::BigInt;
-        }
-    }
-    let n = b.len().min(8);
-    let fill = if b[n - 1] & 0x80 != 0 { 0xff } else { 0 };
-    let mut a = [fill; 8];
+    let n = b.len().min(16);
+    let mut a = [sign; 16];
     a[..n].copy_from_slice(&b[..n]);
-    Value::Int(i64::from_le_bytes(a))
+    let v = i128::from_le_bytes(a);
+    match i64::try_from(v) {
+        Ok(i) => Value::Int(i),
+        Err(_) => Value::BigInt(Some(v)),
+    }
 }
 
 fn dict_set(d: &Dict, k: Value, v: Value) {

@@ -89,3 +89,26 @@ pub const QUICK: &[&str] = &[
     "--lr",
     "0.01",
 ];
+
+/// The venv Python for a test that cannot run without it. Elsewhere the test skips with a
+/// printed reason (None); under CI=true a missing Python fails the test instead, so that a
+/// broken set-up cannot pass as skipped tests.
+pub fn require_python(test: &str) -> Option<PathBuf> {
+    if let Some(p) = python() {
+        return Some(p);
+    }
+    let why = "CNNPROBE_PYTHON is not set or missing (scripts/env.sh sets it after scripts/setup.sh)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs the venv Python and CI=true: {why}");
+    }
+    eprintln!("skipped {test}: {why}");
+    None
+}
+
+/// Runs a Python snippet with `py` in `dir` and returns its stdout; panics with its stderr
+/// when it fails.
+pub fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(py).arg("-c").arg(script).args(args).current_dir(dir).output().expect("python runs");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
