@@ -139,6 +139,7 @@ fn read_torch_zip(file: File) -> Result<Vec<(String, Tensor)>> {
     let (root, refs) =
         Unpickler::new(&mut src).run_with_storages().with_context(|| format!("{pkl_name} is not a readable pickle"))?;
     let entries = select_state_dict(&root)?;
+    let shared = shared_storages(&entries);
     let mut loaded: HashMap<usize, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (key, spec) in entries {
@@ -148,7 +149,7 @@ fn read_torch_zip(file: File) -> Result<Vec<(String, Tensor)>> {
                 let t = read_zip_storage(&mut zip, prefix, big_endian, &refs[idx])?;
                 loaded.insert(idx, t);
             }
-            build(&spec, &refs, &loaded)
+            build(&spec, &refs, &loaded, shared.contains(&idx))
         })()
         .with_context(|| format!("tensor {key:?}"))?;
         out.push((key, t));
@@ -272,9 +273,11 @@ fn read_legacy(file: File, len: u64) -> Result<Vec<(String, Tensor)>> {
     if src.left() > 0 {
         bail!("{} unexpected bytes after the last storage (at byte {})", src.left(), src.pos);
     }
+    let shared = shared_storages(&entries);
     let mut out = Vec::with_capacity(entries.len());
     for (key, spec) in entries {
-        let t = build(&spec, &refs, &loaded).with_context(|| format!("tensor {key:?}"))?;
+        let t = build(&spec, &refs, &loaded, shared.contains(&spec.storage.index))
+            .with_context(|| format!("tensor {key:?}"))?;
         out.push((key, t));
     }
     Ok(out)
@@ -455,20 +458,27 @@ fn storage_elt_size(name: &str) -> Option<usize> {
     })
 }
 
-/// A zero-filled storage tensor (zeroed, so its bytes may be handed out as a `&mut [u8]`).
+/// A storage tensor to read the file into, through `bytes_mut`.
 fn storage_tensor(kind: Kind, numel: i64) -> Result<Tensor> {
-    Tensor::f_zeros([numel], (kind, tch::Device::Cpu)).map_err(|e| anyhow!("cannot allocate {numel} × {kind:?}: {e}"))
+    Tensor::f_empty([numel], (kind, tch::Device::Cpu)).map_err(|e| anyhow!("cannot allocate {numel} × {kind:?}: {e}"))
 }
 
-/// The bytes of a storage tensor from `storage_tensor`, to read the file straight into.
+/// The bytes of a storage tensor from `storage_tensor`, zeroed, to read the file straight into.
+/// Zeroed here rather than by `Tensor::zeros`: libtorch's fill runs as an OpenMP parallel
+/// region per storage, which on a busy machine cost more than the reading itself.
 fn bytes_mut(t: &mut Tensor) -> &mut [u8] {
     let n = t.numel() * t.kind().elt_size_in_bytes();
     if n == 0 {
         return &mut [];
     }
-    // SAFETY: `t` is a contiguous CPU tensor that owns `n` initialised bytes at data_ptr and
-    // shares them with nothing yet; the slice borrows `t` mutably, so it cannot outlive it.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, n) }
+    let ptr = t.data_ptr() as *mut u8;
+    // SAFETY: `t` is a contiguous CPU tensor that owns `n` bytes at data_ptr and shares them
+    // with nothing yet; they are initialised before the slice exists, and the slice borrows
+    // `t` mutably, so it cannot outlive it.
+    unsafe {
+        std::ptr::write_bytes(ptr, 0, n);
+        std::slice::from_raw_parts_mut(ptr, n)
+    }
 }
 
 /// File bytes to host values: byte order, and bools as libtorch assumes them (0 or 1).
@@ -482,9 +492,16 @@ fn fix_bytes(bytes: &mut [u8], kind: Kind, big_endian: bool) {
     }
 }
 
-/// The tensor `spec` describes, checked against its storage (view) and copied out of it only
-/// when it is not the whole storage already.
-fn build(spec: &TensorSpec, refs: &[StorageRef], loaded: &HashMap<usize, Tensor>) -> Result<Tensor> {
+/// Storages that more than one tensor uses.
+fn shared_storages(entries: &[(String, TensorSpec)]) -> HashSet<usize> {
+    let mut seen = HashSet::new();
+    entries.iter().map(|(_, s)| s.storage.index).filter(|&i| !seen.insert(i)).collect()
+}
+
+/// The tensor `spec` describes, checked against its storage (view). It is the storage itself
+/// when it can be (contiguous, used by no other tensor), so no tensor is copied twice; a
+/// shared storage is copied out, so that the tensors returned never share memory.
+fn build(spec: &TensorSpec, refs: &[StorageRef], loaded: &HashMap<usize, Tensor>, shared: bool) -> Result<Tensor> {
     let view = spec.storage;
     let Some(storage) = loaded.get(&view.index) else {
         let r = &refs[view.index];
@@ -517,7 +534,14 @@ fn build(spec: &TensorSpec, refs: &[StorageRef], loaded: &HashMap<usize, Tensor>
     let t = if empty {
         Tensor::f_empty(spec.size.as_slice(), (storage.kind(), tch::Device::Cpu))?
     } else {
-        storage.f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), view.offset + spec.offset)?.f_contiguous()?
+        let v = storage.f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), view.offset + spec.offset)?;
+        if shared {
+            let mut own = Tensor::f_empty(spec.size.as_slice(), (storage.kind(), tch::Device::Cpu))?;
+            own.f_copy_(&v)?;
+            own
+        } else {
+            v.f_contiguous()?
+        }
     };
     Ok(t)
 }
