@@ -103,6 +103,7 @@ d = {'a': t, 'b': t.t(), 'c': t[1:3, ::2], 'h': t.half(), 'l': torch.arange(5),
      'i8': torch.tensor([-3, 4], dtype=torch.int8), 'empty': torch.zeros(0, 3),
      'scalar': torch.tensor(2.5), 'p': torch.nn.Parameter(t[3]), 'step': 7}
 torch.save(d, 'views.pth', _use_new_zipfile_serialization=False)
+torch.save(d, 'views_p1.pth', _use_new_zipfile_serialization=False, pickle_protocol=1)
 torch.save({'epoch': 3, 'state_dict': {'w': t}}, 'wrapped.pth', _use_new_zipfile_serialization=False)
 torch.save({'w': torch.zeros(2, dtype=torch.complex64), 'v': t}, 'complex.pth', _use_new_zipfile_serialization=False)
 torch.save(torch.nn.Linear(2, 3), 'module.pth', _use_new_zipfile_serialization=False)
@@ -141,6 +142,12 @@ fn torch_legacy_saves_read_exactly() {
     assert_same("scalar", &got["scalar"], &Tensor::from(2.5f32));
     assert_same("p", &got["p"], &t.get(3));
     assert_eq!(got.len(), 12);
+    // Pickle protocol 1 (text LONG for the magic number, no PROTO opcode): the same tensors.
+    let p1 = read_state_dict(&p("views_p1.pth")).unwrap();
+    assert_eq!(p1.len(), 12);
+    for (name, t) in &p1 {
+        assert_same(name, t, &got[name]);
+    }
 
     let got = read_state_dict(&p("wrapped.pth")).unwrap();
     assert_eq!(got.len(), 1);
