@@ -43,6 +43,9 @@ fn error(dir: &Path, name: &str, bytes: &[u8]) -> String {
             let e = format!("{e:#}");
             assert!(e.contains(name), "error does not name the file: {e}");
             assert!(!e.contains('\n'), "error is not one line: {e}");
+            if name != "cut.pth" {
+                eprintln!("{e}");
+            }
             e
         }
     }
@@ -202,7 +205,7 @@ fn legacy_corruptions_are_one_line_errors() {
     f.storages.pop();
     let e = error(d, "fewer.pth", &f.bytes());
     assert!(
-        e.contains(r#"storage count mismatch: the key list has 1 storages, the pickle names 2; "1002" has no data"#),
+        e.contains(r#"storage count mismatch: 1 in the key list, 2 named by the pickle; "1002" has no data"#),
         "{e}"
     );
     let mut f = python2_file();
@@ -212,7 +215,10 @@ fn legacy_corruptions_are_one_line_errors() {
         p.stop()
     };
     let e = error(d, "more.pth", &f.bytes());
-    assert!(e.contains(r#"the key list has 3 storages, the pickle names 2; "1003" is not in the pickle"#), "{e}");
+    assert!(
+        e.contains(r#"storage count mismatch: 3 in the key list, 2 named by the pickle; "1003" is not in the pickle"#),
+        "{e}"
+    );
     f.keys = {
         let mut p = Pickle::new();
         p.op(b"](").s("1000").s("1000").op(b"e");
@@ -248,7 +254,12 @@ fn legacy_corruptions_are_one_line_errors() {
     f.storages[0] = (2, vec![0; 8]);
     f.object = replace(&f.object, b"M\x06\x00", b"M\x02\x00");
     let e = error(d, "view.pth", &f.bytes());
-    assert!(e.contains("does not fit its 2 elements") || e.contains("runs past its storage"), "{e}");
+    assert!(e.contains(r#"storage "1000": a view of 2 elements at offset 4 does not fit its 2 elements"#), "{e}");
+    // A tensor that runs past its storage (offset 1 instead of 0).
+    let mut f = python2_file();
+    f.object = replace(&f.object, b"QM\x00\x00(", b"QM\x01\x00(");
+    let e = error(d, "extent.pth", &f.bytes());
+    assert!(e.contains(r#"tensor "w": view (offset 1, size [2, 3], stride [3, 1]) runs past its storage of 6"#), "{e}");
 
     // A LONG4 claiming 2 GB inside a pickle.
     let mut f = python2_file();

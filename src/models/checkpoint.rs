@@ -333,14 +333,14 @@ fn storage_keys(v: &Value, refs: &[StorageRef]) -> Result<Vec<String>> {
     let named: HashSet<&str> = refs.iter().map(|r| r.key.as_str()).collect();
     if let Some(k) = keys.iter().find(|k| !named.contains(k.as_str())) {
         bail!(
-            "storage count mismatch: the key list has {} storages, the pickle names {}; {k:?} is not in the pickle",
+            "storage count mismatch: {} in the key list, {} named by the pickle; {k:?} is not in the pickle",
             keys.len(),
             refs.len()
         );
     }
     if let Some(r) = refs.iter().find(|r| !seen.contains(&r.key)) {
         bail!(
-            "storage count mismatch: the key list has {} storages, the pickle names {}; {:?} has no data",
+            "storage count mismatch: {} in the key list, {} named by the pickle; {:?} has no data",
             keys.len(),
             refs.len(),
             r.key
@@ -1023,14 +1023,17 @@ impl<'s, R: BufRead> Unpickler<'s, R> {
         };
         let (offset, len) = match view {
             None | Some(Value::None) => (0, numel),
-            Some(Value::Tuple(v)) => match v.as_slice() {
-                [Value::Str(_), Value::Int(o), Value::Int(n)]
-                    if *o >= 0 && *n >= 0 && o.checked_add(*n).is_some_and(|e| e <= numel) =>
-                {
-                    (*o, *n)
+            Some(Value::Tuple(v)) => {
+                match v.as_slice() {
+                    [Value::Str(_), Value::Int(o), Value::Int(n)] => {
+                        if *o < 0 || *n < 0 || o.checked_add(*n).is_none_or(|end| end > numel) {
+                            bail!("storage {key:?}: a view of {n} elements at offset {o} does not fit its {numel} elements");
+                        }
+                        (*o, *n)
+                    }
+                    _ => bail!("storage {key:?}: view metadata is not (key, offset, size)"),
                 }
-                _ => bail!("storage {key:?}: view {v:?} does not fit its {numel} elements"),
-            },
+            }
             Some(v) => bail!("storage {key:?}: view metadata is {}", v.describe()),
         };
         Ok(Value::Storage(StorageView { index, offset, numel: len }))
