@@ -145,9 +145,8 @@ fn read_torch_zip(file: File) -> Result<Vec<(String, Tensor)>> {
     for (key, spec) in entries {
         let t = (|| {
             let idx = spec.storage.index;
-            if !loaded.contains_key(&idx) {
-                let t = read_zip_storage(&mut zip, prefix, big_endian, &refs[idx])?;
-                loaded.insert(idx, t);
+            if let std::collections::hash_map::Entry::Vacant(e) = loaded.entry(idx) {
+                e.insert(read_zip_storage(&mut zip, prefix, big_endian, &refs[idx])?);
             }
             build(&spec, &refs, &loaded, shared.contains(&idx))
         })()
