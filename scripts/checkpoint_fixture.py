@@ -11,6 +11,7 @@ cnnprobe extracts by default, the average-pooled last stage (ResNet: layer4, VGG
 max-pool), or with --fc2 VGG's 4096-d classifier features after the second ReLU.
 
 usage: checkpoint_fixture.py ARCH OUT_DIR --data CIFAR_DIR [--limit N] [--input-size S] [--fc2]
+                            [--formats legacy,zip]
 """
 import argparse
 from pathlib import Path
@@ -35,10 +36,12 @@ def make_model(arch, seed):
     return model
 
 
-def save(model, out):
+def save(model, out, formats=("legacy", "zip")):
     sd = model.state_dict()
-    torch.save(sd, out / "legacy.pth", _use_new_zipfile_serialization=False)
-    torch.save(sd, out / "zip.pth")
+    if "legacy" in formats:
+        torch.save(sd, out / "legacy.pth", _use_new_zipfile_serialization=False)
+    if "zip" in formats:
+        torch.save(sd, out / "zip.pth")
 
 
 def read_cifar(folder, names, limit):
@@ -84,13 +87,14 @@ def main():
     ap.add_argument("--limit", type=int, default=4)
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--fc2", action="store_true")
+    ap.add_argument("--formats", default="legacy,zip", help="which files to write (comma-separated)")
     # Not cnnprobe's default seed 0: only loading can make its features match.
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
     torch.set_num_threads(2)
     a.out.mkdir(parents=True, exist_ok=True)
     model = make_model(a.arch, a.seed)
-    save(model, a.out)
+    save(model, a.out, a.formats.split(","))
     for split, f in expected(model, a.data, a.limit, a.input_size, a.fc2).items():
         np.save(a.out / f"expected_{split}.npy", f)
 

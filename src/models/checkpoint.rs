@@ -282,8 +282,9 @@ fn read_legacy(file: File, len: u64) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// torch writes storages little-endian whatever the machine; a big-endian writer is refused
-/// all the same, as torch's own sys_info check once did, and type sizes must be plausible.
+/// torch writes storages little-endian whatever the machine, but no big-endian file is at
+/// hand to test against, so a big-endian writer is refused rather than guessed at; type sizes
+/// must be plausible (a C long is 4 or 8 bytes).
 fn check_sys_info(v: &Value) -> Result<()> {
     let Value::Dict(d) = v else {
         bail!("sys_info is {}, not a dict", v.describe());
@@ -452,7 +453,7 @@ fn storage_elt_size(name: &str) -> Option<usize> {
         "ComplexDoubleStorage" => 16,
         "ComplexFloatStorage" => 8,
         "ComplexHalfStorage" | "QInt32Storage" => 4,
-        "QInt8Storage" | "QUInt8Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => 1,
+        "UntypedStorage" | "QInt8Storage" | "QUInt8Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => 1,
         _ => return None,
     })
 }
