@@ -24,6 +24,45 @@ def cifar(folder: Path, per_file=10, test=10):
     return folder
 
 
+def legacy_cases(torch, t):
+    """A legacy torch.save file (the format of torchvision's VGG downloads), damaged in each
+    way the reader checks: (name, bytes)."""
+    import io, pickle
+    torch.save({"w": torch.arange(12.).reshape(3, 4), "b": torch.arange(3.)}, t / "legacy_ok.pth",
+               _use_new_zipfile_serialization=False)
+    raw = (t / "legacy_ok.pth").read_bytes()
+    f = io.BytesIO(raw)
+    ends = []
+    for _ in range(3):  # magic number, protocol version, sys_info
+        pickle.load(f)
+        ends.append(f.tell())
+    class Anything(dict):  # stands for every global: only the pickle's length matters here
+        def __init__(self, *args, **kwargs):
+            pass
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return pid
+        def find_class(self, module, name):
+            return Anything
+    Unpickler(f).load()
+    keys_at = f.tell()
+    keys = pickle.load(f)
+    data_at = f.tell()
+    first = 8 + int.from_bytes(raw[data_at:data_at + 8], "little") * 4  # float32 storages
+    big_endian = pickle.dumps({"protocol_version": 1001, "little_endian": False,
+                               "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2)
+    count = (int.from_bytes(raw[data_at:data_at + 8], "little") + 1).to_bytes(8, "little")
+    magic = bytearray(raw); magic[6] ^= 1
+    return [
+        ("truncated storage", raw[:-5]),
+        ("wrong magic number", bytes(magic)),
+        ("storage count mismatch", raw[:keys_at] + pickle.dumps(keys[:1], protocol=2) + raw[data_at:data_at + first]),
+        ("element count mismatch", raw[:data_at] + count + raw[data_at + 8:]),
+        ("big-endian writer", raw[:ends[1]] + big_endian + raw[ends[2]:]),
+        ("bytes after the last storage", raw + b"\0" * 16),
+    ]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cnnprobe", default=str(Path("target/release/cnnprobe").resolve()))
@@ -72,6 +111,9 @@ def main():
             import torch, torchvision
             torch.save(torchvision.models.resnet34().state_dict(), t / "r34.pth")
             case("weights with missing/unexpected/wrong-shaped keys", ["run", "--data", "good", "--weights", "r34.pth", *quick])
+            for name, raw in legacy_cases(torch, t):
+                (t / "legacy.pth").write_bytes(raw)
+                case(f"legacy .pth: {name}", ["run", "--data", "good", "--weights", "legacy.pth", *quick])
         except ImportError:
             pass
         case("--weights imagenet offline", ["run", "--data", "good", "--weights", "imagenet", "--weights-mirror", "http://127.0.0.1:9", *quick],

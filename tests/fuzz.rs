@@ -1,7 +1,9 @@
 //! Property-based fuzzing of every reader of untrusted bytes: the CIFAR record parser,
-//! the .npy reader, the CSV feature reader and the torch.save/.pth pickle reader must
+//! the .npy reader, the CSV feature reader and the torch.save/.pth readers (zip and legacy) must
 //! return an error, never panic or read out of bounds. Ignored in the normal suite (they
 //! run long); `scripts/fuzz.sh` runs them for a bounded time with PROPTEST_CASES.
+mod common;
+
 use cnnprobe::data::cifar::{parse_records, Cifar};
 use proptest::prelude::*;
 use std::path::Path;
@@ -79,6 +81,18 @@ proptest! {
             let p = dir.path().join(name);
             std::fs::write(&p, &bytes).unwrap();
             let _ = cnnprobe::models::weights::read_state_dict(&p);
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn legacy_state_dict_reader_never_panics(edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8), cut in any::<usize>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("legacy.pth");
+        std::fs::write(&p, mutate(common::legacy::python2_file().bytes(), &edits, cut)).unwrap();
+        if let Err(e) = cnnprobe::models::weights::read_state_dict(&p) {
+            let e = format!("{e:#}");
+            prop_assert!(e.contains("legacy.pth") && !e.contains('\n'), "{}", e);
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Frozen backbones with torchvision-exact structure, names and initialisation.
+pub mod checkpoint;
 pub mod frozen;
 pub mod init;
 pub mod layers;
@@ -258,10 +259,22 @@ impl Network {
 
     /// Replaces every weight and buffer with those of a state-dict file (strict: missing,
     /// unexpected or wrong-shaped keys are an error that lists them).
+    /// Says on stderr how long reading and copying took (checkpoint loads are benchmarked by it).
     pub fn load_weights(&self, path: &std::path::Path) -> Result<()> {
+        let start = std::time::Instant::now();
         let tensors = weights::read_state_dict(path)?;
+        let read_s = start.elapsed().as_secs_f64();
+        let (count, bytes) =
+            (tensors.len(), tensors.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum::<usize>());
         weights::load_into(&self.vs, tensors, path)
-            .map_err(|e| e.context(format!("--weights: loading into {}", self.arch.name())))
+            .map_err(|e| e.context(format!("--weights: loading into {}", self.arch.name())))?;
+        eprintln!(
+            "weights: {count} tensors, {:.1} MB from {} in {:.3} s (read {read_s:.3} s)",
+            bytes as f64 / 1e6,
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     pub fn to_device(&mut self, device: Device) {

@@ -105,3 +105,142 @@ pub const QUICK: &[&str] = &[
     "--lr",
     "0.01",
 ];
+
+/// The venv Python for a test that cannot run without it. Elsewhere the test skips with a
+/// printed reason (None); under CI=true a missing Python fails the test instead, so that a
+/// broken set-up cannot pass as skipped tests.
+pub fn require_python(test: &str) -> Option<PathBuf> {
+    if let Some(p) = python() {
+        return Some(p);
+    }
+    let why = "CNNPROBE_PYTHON is not set or missing (scripts/env.sh sets it after scripts/setup.sh)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs the venv Python and CI=true: {why}");
+    }
+    eprintln!("skipped {test}: {why}");
+    None
+}
+
+/// Runs a Python snippet with `py` in `dir` and returns its stdout; panics with its stderr
+/// when it fails.
+pub fn run_python(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(py).arg("-c").arg(script).args(args).current_dir(dir).output().expect("python runs");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// torch.save legacy files built opcode by opcode, as torch 0.3 under Python 2 wrote them
+/// (for the legacy reader's tests and fuzzing, with no Python needed).
+pub mod legacy {
+    /// Pickle opcodes, protocol 2, as Python 2's cPickle wrote them.
+    #[derive(Default)]
+    pub struct Pickle(pub Vec<u8>);
+
+    impl Pickle {
+        pub fn new() -> Self {
+            Pickle(vec![0x80, 2])
+        }
+        pub fn op(&mut self, b: &[u8]) -> &mut Self {
+            self.0.extend_from_slice(b);
+            self
+        }
+        /// SHORT_BINSTRING: a Python 2 `str`.
+        pub fn s(&mut self, s: &str) -> &mut Self {
+            self.0.push(b'U');
+            self.0.push(s.len() as u8);
+            self.op(s.as_bytes())
+        }
+        pub fn int(&mut self, i: u16) -> &mut Self {
+            self.0.push(b'M');
+            self.op(&i.to_le_bytes())
+        }
+        pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
+            self.op(format!("c{module}\n{name}\n").as_bytes())
+        }
+        pub fn ints(&mut self, v: &[u16]) -> &mut Self {
+            self.op(b"(");
+            v.iter().for_each(|&i| {
+                self.int(i);
+            });
+            self.op(b"t")
+        }
+        pub fn stop(&mut self) -> Vec<u8> {
+            self.0.push(b'.');
+            std::mem::take(&mut self.0)
+        }
+    }
+
+    pub const MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+    /// The pieces of a legacy file, to put together whole or damaged.
+    pub struct Legacy {
+        pub magic: Vec<u8>,
+        pub version: Vec<u8>,
+        pub sys_info: Vec<u8>,
+        pub object: Vec<u8>,
+        pub keys: Vec<u8>,
+        pub storages: Vec<(i64, Vec<u8>)>,
+    }
+
+    impl Legacy {
+        pub fn bytes(&self) -> Vec<u8> {
+            let mut b = [&self.magic[..], &self.version, &self.sys_info, &self.object, &self.keys].concat();
+            for (count, data) in &self.storages {
+                b.extend(count.to_le_bytes());
+                b.extend(data);
+            }
+            b
+        }
+    }
+
+    pub fn sys_info(little: bool, long: u16) -> Vec<u8> {
+        let mut p = Pickle::new();
+        p.op(b"}(").s("protocol_version").int(1001).s("little_endian").op(if little { b"\x88" } else { b"\x89" });
+        p.s("type_sizes").op(b"}(").s("short").int(2).s("int").int(4).s("long").int(long).op(b"uu");
+        p.stop()
+    }
+
+    /// What torch 0.3 under Python 2 wrote for an OrderedDict state dict of
+    /// w = [[0, 1, 2], [3, 4, 5]] (float), b = a 2-element view at offset 4 of w's storage,
+    /// t = a strided (transposed) view of it, and n = a scalar int64 7. `five`: n's persistent id
+    /// without view metadata, as the oldest files have it (today's torch.load refuses that).
+    pub fn python2_file_with(five: bool) -> Legacy {
+        let magic = {
+            let mut p = Pickle::new();
+            p.op(&[0x8a, 10]).op(&MAGIC);
+            p.stop()
+        };
+        let version = Pickle::new().int(1001).stop();
+        let mut o = Pickle::new();
+        o.global("collections", "OrderedDict").op(b"q\x00");
+        o.op(b"](");
+        // [u'w', _rebuild_tensor(('storage', FloatStorage, '1000', 'cpu', 6, None), 0, (2, 3), (3, 1))]
+        o.op(b"](").s("w").global("torch._utils", "_rebuild_tensor").op(b"q\x01((").s("storage");
+        o.global("torch", "FloatStorage").op(b"q\x02").s("1000").s("cpu").int(6).op(b"Ntq\x03Q");
+        o.int(0).ints(&[2, 3]).ints(&[3, 1]).op(b"tRe");
+        // b: a view ('1001', offset 4, 2 elements) of storage '1000', memo for the global.
+        o.op(b"](").s("b").op(b"h\x01((").s("storage").op(b"h\x02").s("1000").s("cpu").int(6);
+        o.op(b"(").s("1001").int(4).int(2).op(b"ttQ").int(0).ints(&[2]).ints(&[1]).op(b"tRe");
+        // t: w's storage seen as [[1, 4], [2, 5]]; the persistent id again, from the memo.
+        o.op(b"](").s("t").op(b"h\x01(h\x03Q").int(1).ints(&[2, 2]).ints(&[1, 3]).op(b"tRe");
+        // n: a LongStorage, its persistent id with or without view metadata.
+        o.op(b"](").s("n").op(b"h\x01((").s("storage").global("torch", "LongStorage").s("1002").s("cpu").int(1);
+        o.op(if five { b"tQ" } else { b"NtQ" }).int(0).op(b")").op(b")").op(b"tRe");
+        o.op(b"e\x85R");
+        // BUILD with the instance dict (torch ≥ 0.4 kept `_metadata` there).
+        o.op(b"}(").s("_metadata").op(b"}ub");
+        let object = o.stop();
+        let keys = {
+            let mut p = Pickle::new();
+            p.op(b"](").s("1000").s("1002").op(b"e");
+            p.stop()
+        };
+        let w: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let n = 7i64.to_le_bytes().to_vec();
+        Legacy { magic, version, sys_info: sys_info(true, 8), object, keys, storages: vec![(6, w), (1, n)] }
+    }
+
+    pub fn python2_file() -> Legacy {
+        python2_file_with(false)
+    }
+}
