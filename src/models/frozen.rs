@@ -42,12 +42,19 @@ crate::serde_as_str!(WeightsSource);
 /// The network of `model` with its weights from `source` (`mirror` replaces torchvision's
 /// download URL), moved to `device`.
 pub fn build(model: &ModelConfig, source: &WeightsSource, mirror: Option<&str>, device: Device) -> Result<Network> {
-    let mut net = Network::build(model)?;
-    match source {
-        WeightsSource::Random => {}
-        WeightsSource::Imagenet => net.load_weights(&pretrained::ensure_checkpoint(model.arch, mirror)?)?,
-        WeightsSource::File(path) => net.load_weights(path)?,
-    }
+    let mut net = match source {
+        WeightsSource::Random => Network::build(model)?,
+        WeightsSource::Imagenet => {
+            let net = Network::build_for_loading(model)?;
+            net.load_weights(&pretrained::ensure_checkpoint(model.arch, mirror)?)?;
+            net
+        }
+        WeightsSource::File(path) => {
+            let net = Network::build_for_loading(model)?;
+            net.load_weights(path)?;
+            net
+        }
+    };
     net.to_device(device);
     Ok(net)
 }
