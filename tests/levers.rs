@@ -135,3 +135,23 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--width-mult 2 changes every layer's shape; it needs --weights random"));
 }
+
+/// `--resize bicubic` (the transfer protocol's) runs and gives other features than bilinear.
+#[test]
+fn bicubic_resize_is_its_own_interpolation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 2, 4);
+    let features = |resize: &str| {
+        let out = format!("f-{resize}");
+        let args = ["extract", "--data", data.to_str().unwrap(), "--arch", "resnet18", "--input-size", "48"];
+        let mut args = args.to_vec();
+        args.extend(["--resize", resize, "-o", &out, "--device", "cpu", "--format", "npy"]);
+        let o = cnnprobe(tmp.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        cnnprobe::features::npy::read_npy(&tmp.path().join(&out).join("train_features.npy"), tch::Kind::Float).unwrap()
+    };
+    let (lin, cub) = (features("bilinear"), features("bicubic"));
+    assert_eq!(lin.size(), cub.size());
+    assert!(lin.isfinite().all().int64_value(&[]) == 1 && cub.isfinite().all().int64_value(&[]) == 1);
+    assert!((&lin - &cub).abs().max().double_value(&[]) > 1e-4, "bicubic gave bilinear's features");
+}

@@ -200,3 +200,32 @@ fn compare_runs_random_seeds_against_imagenet() {
     let text = std::fs::read_to_string(tmp.path().join("cmp2.csv")).unwrap();
     assert!(text.contains("not available offline"), "{text}");
 }
+
+/// `cnnprobe weights`: every torchvision architecture with its exact file name and URL, the
+/// cache state, and --verify catching a file whose sha256 does not match its name.
+#[test]
+fn weights_lists_checkpoints_and_verifies_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("th/hub/checkpoints");
+    let run = |args: &[&str]| Command::new(BIN).args(args).env("TORCH_HOME", tmp.path().join("th")).output().unwrap();
+    let o = run(&["weights"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.lines().filter(|l| l.contains(" missing ")).count(), 13, "{out}");
+    assert!(
+        out.contains("vgg11-8a719046.pth") && out.contains("https://download.pytorch.org/models/vgg13-19584684.pth")
+    );
+    assert!(out.contains(&hub.display().to_string()));
+    std::fs::create_dir_all(&hub).unwrap();
+    std::fs::write(hub.join("resnet18-f37072fd.pth"), b"not the checkpoint").unwrap();
+    let o = run(&["weights", "--arch", "resnet18"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.lines().any(|l| l.split_whitespace().take(3).eq(["resnet18", "resnet18-f37072fd.pth", "yes"])),
+        "{out}"
+    );
+    let o = run(&["weights", "--verify"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("CORRUPT"));
+    assert!(stderr(&o).contains("sha256 does not match the file name"), "{}", stderr(&o));
+}

@@ -89,7 +89,12 @@ fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
             &want[..12.min(want.len())]
         );
     }
-    eprintln!("features: {} verified ({:.0} MB, {:.2} s)", names.join(", "), bytes as f64 / 1e6, start.elapsed().as_secs_f64());
+    eprintln!(
+        "features: {} verified ({:.0} MB, {:.2} s)",
+        names.join(", "),
+        bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
