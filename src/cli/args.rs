@@ -52,7 +52,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "torchvision", value_parser = parse::init)]
     pub init: InitScheme,
     /// random, imagenet (torchvision's checkpoint, cached in $TORCH_HOME/hub/checkpoints),
-    /// or a state-dict file (.pth/.pt from torch.save, or .safetensors).
+    /// or a state-dict file (.pth/.pt from torch.save, zip or legacy format, or .safetensors).
     #[arg(long, default_value = "random", value_parser = parse::weights)]
     pub weights: WeightsSource,
     /// Base URL for torchvision checkpoints instead of download.pytorch.org.
