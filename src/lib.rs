@@ -18,6 +18,7 @@ pub mod features;
 pub mod fetch;
 pub mod files;
 pub mod interrupt;
+pub mod libtorch;
 pub mod models;
 pub mod pipeline;
 pub mod plot;

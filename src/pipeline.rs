@@ -221,7 +221,7 @@ pub fn probe_and_report(
         .set("fit_s", format!("{:.1}", fitted.fit_s))
         .set("run_dir", run_dir.display())
         .set("cnnprobe_version", VERSION)
-        .set("libtorch_version", report::LIBTORCH_VERSION);
+        .set("libtorch_version", report::libtorch_runtime().0);
     row.write_single(&run_dir.join("result.csv"))?;
     row.append_to(summary)?;
     let (top1, top5) = m.as_ref().map(|m| (m.top1, m.top5)).unwrap_or((f64::NAN, f64::NAN));

@@ -9,6 +9,14 @@ use std::path::{Path, PathBuf};
 /// The libtorch version this binary was built against (read from the install by build.rs).
 pub const LIBTORCH_VERSION: &str = env!("CNNPROBE_LIBTORCH_VERSION");
 
+/// The libtorch version this process runs on, and where the loader found it: a portable
+/// binary may run on another install than the one it was built against.
+pub fn libtorch_runtime() -> (String, Option<PathBuf>) {
+    let dir = crate::libtorch::loaded_lib_dir();
+    let version = dir.as_deref().and_then(crate::libtorch::version_of).unwrap_or_else(|| LIBTORCH_VERSION.into());
+    (version, dir)
+}
+
 /// Creates the run directory: `--out` as given, or a fresh
 /// `results/runs/<UTC timestamp>-<short name>` (suffixed when two runs start in one second).
 pub fn create_run_dir(out: Option<&Path>, short_name: &str) -> Result<PathBuf> {
@@ -206,7 +214,12 @@ pub fn print_models() {
 /// `cnnprobe info`.
 pub fn print_info() {
     println!("cnnprobe: {}", crate::VERSION);
-    println!("libtorch: {LIBTORCH_VERSION}");
+    let (version, dir) = libtorch_runtime();
+    match dir {
+        Some(dir) => println!("libtorch: {version} ({})", dir.display()),
+        None => println!("libtorch: {version} (location unknown; the build-time version)"),
+    }
+    println!("built against libtorch: {LIBTORCH_VERSION}");
     println!("threads: {}", tch::get_num_threads());
     if tch::Cuda::is_available() {
         println!(
