@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the other scripts: which libtorch to build against, how torch-sys finds it,
 # and where the binary lands (CNNPROBE_BIN). `cnnprobe_cargo ARGS` runs cargo for that choice.
 #
