@@ -8,4 +8,4 @@ source "$here/env.sh"
 if (($# == 0)); then
   set -- run --dataset cifar10 --arch resnet18 --stem cifar --seed 0
 fi
-exec "$CNNPROBE_ROOT/target/release/cnnprobe" "$@"
+exec "$CNNPROBE_BIN" "$@"

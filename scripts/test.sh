@@ -4,5 +4,4 @@ set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 "$here/setup.sh"
 source "$here/env.sh"
-cd "$CNNPROBE_ROOT"
-cargo test --release "$@"
+cnnprobe_cargo test --release "$@"

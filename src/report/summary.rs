@@ -79,7 +79,7 @@ pub fn run_row(provenance: &[(String, String)], s: &ProbeConfig, eval: &Evaluati
         .set("fit_s", format!("{:.1}", fitted.fit_s))
         .set("run_dir", run_dir.display())
         .set("cnnprobe_version", crate::VERSION)
-        .set("libtorch_version", crate::LIBTORCH_VERSION);
+        .set("libtorch_version", crate::util::device::libtorch_runtime().0);
     row
 }
 

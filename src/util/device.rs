@@ -63,3 +63,12 @@ impl Compute {
         Ok(device)
     }
 }
+
+/// The libtorch version this process runs on, and where the loader found it: a portable
+/// binary may run on another install than the one it was built against.
+pub fn libtorch_runtime() -> (String, Option<std::path::PathBuf>) {
+    let dir = super::libtorch::loaded_lib_dir();
+    let version =
+        dir.as_deref().and_then(super::libtorch::version_of).unwrap_or_else(|| crate::LIBTORCH_VERSION.into());
+    (version, dir)
+}

@@ -5,5 +5,6 @@ pub mod digest;
 pub mod fetch;
 pub mod files;
 pub mod interrupt;
+pub mod libtorch;
 pub mod names;
 pub mod progress;
