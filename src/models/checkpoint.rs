@@ -741,6 +741,8 @@ impl<'s, R: BufRead> Unpickler<'s, R> {
         Ok(())
     }
 
+    // One match over the opcodes, each arm a few lines: a dispatch table reads best whole,
+    // which is why this function is long.
     fn run(&mut self) -> Result<Value> {
         loop {
             let at = self.src.pos;

@@ -120,6 +120,25 @@ fn register_font() -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the built-in chart font could not be loaded"))
 }
 
+/// The colour key in the top right corner: random, and pretrained when shown.
+fn draw_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    right: i32,
+    both: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (lx, ly) = (right - 230, 50);
+    let legend = [("random (mean ± sd over seeds)", RANDOM_COLOR), ("pretrained (ImageNet)", PRETRAINED_COLOR)];
+    for (k, (name, color)) in legend.into_iter().take(if both { 2 } else { 1 }).enumerate() {
+        let yy = ly + 20 * k as i32;
+        root.draw(&Rectangle::new([(lx, yy), (lx + 14, yy + 12)], color.filled()))?;
+        root.draw(&Text::new(name, (lx + 20, yy), ("sans-serif", 13).into_font().color(&BLACK)))?;
+    }
+    Ok(())
+}
+
+const RANDOM_COLOR: RGBColor = RGBColor(70, 110, 180);
+const PRETRAINED_COLOR: RGBColor = RGBColor(220, 130, 50);
+
 /// The y axis' top (%): the highest bar or error bar, rounded up to ten, plus ten.
 fn y_max(groups: &[Group]) -> f64 {
     let top = groups
@@ -199,8 +218,7 @@ where
         })
         .draw()
         .map_err(err)?;
-    let random_color = RGBColor(70, 110, 180);
-    let pre_color = RGBColor(220, 130, 50);
+    let (random_color, pre_color) = (RANDOM_COLOR, PRETRAINED_COLOR);
     // Each segment holds two bars, placed in pixels between the segment's edges
     // (SegmentValue::Exact(i) and Exact(i + 1)).
     let area = chart.plotting_area();
@@ -242,14 +260,7 @@ where
             draw_bar(&root, (l, r), values, color, &y).map_err(err)?;
         }
     }
-    // Legend.
-    let (lx, ly) = (px1 - 230, 50);
-    let legend = [("random (mean ± sd over seeds)", random_color), ("pretrained (ImageNet)", pre_color)];
-    for (k, (name, color)) in legend.into_iter().take(if both { 2 } else { 1 }).enumerate() {
-        let yy = ly + 20 * k as i32;
-        root.draw(&Rectangle::new([(lx, yy), (lx + 14, yy + 12)], color.filled())).map_err(err)?;
-        root.draw(&Text::new(name, (lx + 20, yy), ("sans-serif", 13).into_font().color(&BLACK))).map_err(err)?;
-    }
+    draw_legend(&root, px1, both).map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
