@@ -22,7 +22,7 @@ cnnprobe_tch_for() {
   case $1 in
     2.11.*) echo 0.24.0 ;;
     # No tch 0.25 (PyTorch 2.12) was published; 0.26's generated bindings use only ops whose
-    # schemas 2.12 already has (compare tch's Declarations-v2.12.0/v2.13.0.yaml).
+    # schemas 2.12 already has (tch's Declarations-v2.12.0/v2.13.0.yaml), and build against it.
     2.12.* | 2.13.*) echo 0.26.0 ;;
     *) echo "" ;;
   esac
