@@ -32,6 +32,17 @@ fn strip_checksums(dir: &Path) {
     std::fs::write(&path, m.to_string()).unwrap();
 }
 
+/// The same features exported as npy/, csv/ and st/ (safetensors), checksums dropped.
+fn exports_without_checksums() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 10);
+    for (format, dir) in [("npy", "npy"), ("csv", "csv"), ("safetensors", "st")] {
+        extract(tmp.path(), &data, format, dir);
+        strip_checksums(&tmp.path().join(dir));
+    }
+    tmp
+}
+
 fn result_cell(cwd: &Path, run: &str, col: &str) -> String {
     let mut rdr = csv::Reader::from_path(cwd.join(run).join("result.csv")).unwrap();
     let h = rdr.headers().unwrap().clone();
@@ -116,14 +127,7 @@ fn numpy_reads_the_npy_export() {
 
 #[test]
 fn damaged_feature_files_are_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = write_cifar10(tmp.path(), 10, 10);
-    extract(tmp.path(), &data, "npy", "npy");
-    extract(tmp.path(), &data, "csv", "csv");
-    extract(tmp.path(), &data, "safetensors", "st");
-    for d in ["npy", "csv", "st"] {
-        strip_checksums(&tmp.path().join(d));
-    }
+    let tmp = exports_without_checksums();
 
     let f = tmp.path().join("npy/train_features.npy");
     let bytes = std::fs::read(&f).unwrap();
@@ -176,14 +180,7 @@ fn damaged_feature_files_are_clear_errors() {
 /// one-line error naming the file, row and column, and writes no result or summary row.
 #[test]
 fn non_finite_features_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = write_cifar10(tmp.path(), 10, 10);
-    extract(tmp.path(), &data, "npy", "npy");
-    extract(tmp.path(), &data, "csv", "csv");
-    extract(tmp.path(), &data, "safetensors", "st");
-    for d in ["npy", "csv", "st"] {
-        strip_checksums(&tmp.path().join(d));
-    }
+    let tmp = exports_without_checksums();
 
     // CSV: row 3 of train (line 5), column f7.
     let f = tmp.path().join("csv/features.csv");
