@@ -134,8 +134,6 @@ struct Normalizer {
     size: i64,
     resize: Resize,
     kind: Kind,
-    /// Match the folded (channels-last) weights, so no layer converts layouts.
-    channels_last: bool,
 }
 
 impl Normalizer {
@@ -150,7 +148,6 @@ impl Normalizer {
             size: pre.input_size,
             resize: pre.resize,
             kind: pre.precision.kind(),
-            channels_last: false,
         }
     }
 
@@ -185,9 +182,6 @@ impl Normalizer {
         }
         if self.kind != Kind::Float {
             x = x.to_kind(self.kind);
-        }
-        if self.channels_last {
-            x = crate::models::layers::channels_last(&x);
         }
         x
     }
@@ -280,8 +274,9 @@ pub fn extract(
     let n = split.len() as i64;
     let dim = feature_dim(net, spec, pre.input_size)?;
     let out = Tensor::empty([n, dim], (Kind::Float, Device::Cpu));
-    let mut norm = Normalizer::new(pre, net.device());
-    norm.channels_last = net.is_folded();
+    // The input stays NCHW even for channels-last folded weights: converting it here measured
+    // slower than letting the first convolution take it (scripts/bench_ab.sh, results/bench_channels_last.csv).
+    let norm = Normalizer::new(pre, net.device());
     let bar = progress::images(n as u64, what);
     let start = Instant::now();
     let mut size = batch_size.initial(net.device());
