@@ -8,6 +8,7 @@ mod common;
 
 use cnnprobe::models::weights::read_state_dict;
 use common::legacy::{python2_file, python2_file_with, sys_info, Pickle};
+use common::{assert_same, assert_views};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -49,12 +50,6 @@ fn error(dir: &Path, name: &str, bytes: &[u8]) -> String {
             e
         }
     }
-}
-
-fn assert_same(name: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.size(), want.size(), "{name}: shape");
-    assert_eq!(got.kind(), want.kind(), "{name}: kind");
-    assert!(got.equal(want), "{name}: values differ: {got} vs {want}");
 }
 
 #[test]
@@ -131,19 +126,7 @@ fn torch_legacy_saves_read_exactly() {
     }
 
     let got: HashMap<String, Tensor> = read_state_dict(&p("views.pth")).unwrap().into_iter().collect();
-    let t = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([4, 6]);
-    assert_same("a", &got["a"], &t);
-    assert_same("b", &got["b"], &t.tr().contiguous());
-    assert_same("c", &got["c"], &t.slice(0, 1, 3, 1).slice(1, 0, 6, 2).contiguous());
-    assert_same("h", &got["h"], &t.to_kind(Kind::Half));
-    assert_same("l", &got["l"], &Tensor::arange(5, (Kind::Int64, Device::Cpu)));
-    assert_same("flag", &got["flag"], &Tensor::from_slice(&[true, false]));
-    assert_same("bf", &got["bf"], &t.get(0).to_kind(Kind::BFloat16));
-    assert_same("d", &got["d"], &t.get(2).to_kind(Kind::Double));
-    assert_same("i8", &got["i8"], &Tensor::from_slice(&[-3i8, 4]));
-    assert_eq!(got["empty"].size(), [0, 3]);
-    assert_same("scalar", &got["scalar"], &Tensor::from(2.5f32));
-    assert_same("p", &got["p"], &t.get(3));
+    assert_views(&got);
     assert_eq!(got.len(), 12);
     // Pickle protocol 1 (text LONG for the magic number, no PROTO opcode): the same tensors.
     let p1 = read_state_dict(&p("views_p1.pth")).unwrap();
@@ -154,7 +137,7 @@ fn torch_legacy_saves_read_exactly() {
 
     let got = read_state_dict(&p("wrapped.pth")).unwrap();
     assert_eq!(got.len(), 1);
-    assert_same("w", &got[0].1, &t);
+    assert_same("w", &got[0].1, &Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([4, 6]));
 
     // A storage that cannot become a tensor is stepped over, and an error only when wanted.
     let e = format!("{:#}", read_state_dict(&p("complex.pth")).unwrap_err());

@@ -5,6 +5,7 @@ mod common;
 
 use cnnprobe::models::weights::{load_into, read_state_dict};
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
+use common::{assert_same, assert_views};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
@@ -30,12 +31,6 @@ np.savez('sd.npz', **{k: v.numpy() for k, v in sd.items()})
 with open('names.txt', 'w') as f:
     f.write('\\n'.join(sd.keys()))
 ";
-
-fn assert_same(name: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.size(), want.size(), "{name}: shape");
-    assert_eq!(got.kind(), want.kind(), "{name}: kind");
-    assert!(got.equal(want), "{name}: values differ");
-}
 
 #[test]
 fn torchvision_resnet18_state_dict_reads_exactly() {
@@ -86,22 +81,10 @@ torch.save(d, 'v.pth')
     }
     let got: std::collections::HashMap<String, Tensor> =
         read_state_dict(&dir.path().join("v.pth")).unwrap().into_iter().collect();
-    let t = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([4, 6]);
-    assert_same("a", &got["a"], &t);
-    assert_same("b", &got["b"], &t.tr().contiguous());
-    assert_same("c", &got["c"], &t.slice(0, 1, 3, 1).slice(1, 0, 6, 2).contiguous());
-    assert_same("h", &got["h"], &t.to_kind(Kind::Half));
-    assert_same("l", &got["l"], &Tensor::arange(5, (Kind::Int64, Device::Cpu)));
-    assert_same("flag", &got["flag"], &Tensor::from_slice(&[true, false]));
-    assert_same("bf", &got["bf"], &t.get(0).to_kind(Kind::BFloat16));
-    assert_same("d", &got["d"], &t.get(2).to_kind(Kind::Double));
-    assert_same("i8", &got["i8"], &Tensor::from_slice(&[-3i8, 4]));
+    assert_views(&got);
     assert_same("u8", &got["u8"], &Tensor::from_slice(&[200u8, 7]));
     assert_same("i32", &got["i32"], &Tensor::from_slice(&[-70000i32]));
     assert_same("i16", &got["i16"], &Tensor::from_slice(&[-300i16]));
-    assert_eq!(got["empty"].size(), [0, 3]);
-    assert_same("scalar", &got["scalar"], &Tensor::from(2.5f32));
-    assert_same("p", &got["p"], &t.get(3));
     assert!(!got.contains_key("step") && !got.contains_key("note"));
     assert_eq!(got.len(), 15);
     assert!(got["b"].is_contiguous() && got["c"].is_contiguous());

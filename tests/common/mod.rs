@@ -244,3 +244,29 @@ pub mod legacy {
         python2_file_with(false)
     }
 }
+
+/// Asserts a tensor equals `want` in shape, dtype and every value.
+pub fn assert_same(name: &str, got: &tch::Tensor, want: &tch::Tensor) {
+    assert_eq!(got.size(), want.size(), "{name}: shape");
+    assert_eq!(got.kind(), want.kind(), "{name}: kind");
+    assert!(got.equal(want), "{name}: values differ: {got} vs {want}");
+}
+
+/// The entries both state-dict "views" fixtures (zip and legacy) hold: strided and offset
+/// views of one 4×6 storage, other dtypes, an empty tensor and a scalar.
+pub fn assert_views(got: &std::collections::HashMap<String, tch::Tensor>) {
+    use tch::{Device, Kind, Tensor};
+    let t = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([4, 6]);
+    assert_same("a", &got["a"], &t);
+    assert_same("b", &got["b"], &t.tr().contiguous());
+    assert_same("c", &got["c"], &t.slice(0, 1, 3, 1).slice(1, 0, 6, 2).contiguous());
+    assert_same("h", &got["h"], &t.to_kind(Kind::Half));
+    assert_same("l", &got["l"], &Tensor::arange(5, (Kind::Int64, Device::Cpu)));
+    assert_same("flag", &got["flag"], &Tensor::from_slice(&[true, false]));
+    assert_same("bf", &got["bf"], &t.get(0).to_kind(Kind::BFloat16));
+    assert_same("d", &got["d"], &t.get(2).to_kind(Kind::Double));
+    assert_same("i8", &got["i8"], &Tensor::from_slice(&[-3i8, 4]));
+    assert_eq!(got["empty"].size(), [0, 3]);
+    assert_same("scalar", &got["scalar"], &Tensor::from(2.5f32));
+    assert_same("p", &got["p"], &t.get(3));
+}
