@@ -41,6 +41,13 @@ pub struct ExtractJob {
     pub format: FeatureFormat,
 }
 
+/// `merge`: shard directories into one export.
+#[derive(Clone, Debug)]
+pub struct MergeJob {
+    pub shards: Vec<PathBuf>,
+    pub dir: PathBuf,
+}
+
 /// `fit`: the probe on exported features.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FitConfig {
@@ -112,6 +119,8 @@ pub struct ReproduceJob {
 pub enum Job {
     Run(Box<RunConfig>),
     Extract(Box<ExtractJob>),
+    Merge(MergeJob),
+    Scan(Box<crate::data::DataConfig>),
     Fit(Box<FitConfig>),
     Compare(Box<CompareConfig>),
     Sweep(SweepConfig),

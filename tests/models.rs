@@ -1,7 +1,7 @@
 //! The model zoo without Python: init statistics for every family and scheme, BN folding,
 //! BN calibration, feature taps and pooling.
 use cnnprobe::data::normalize;
-use cnnprobe::data::Split;
+use cnnprobe::data::{Source, Split};
 use cnnprobe::features::{extract, taps, BatchSize, FeatureSpec, Pool, Precision, Preprocess, Resize};
 use cnnprobe::models::init::{expected_std, InitScheme};
 use cnnprobe::models::layers::LayerKind;
@@ -64,20 +64,23 @@ fn zero_init_residual_zeroes_each_blocks_last_bn() {
     assert_eq!(vars["bn1.weight"].mean(Kind::Float).double_value(&[]), 1.0);
 }
 
-fn images(n: i64, seed: i64) -> Split {
+fn images(n: i64, seed: i64) -> Source {
     tch::manual_seed(seed);
-    Split {
+    Source::Memory(std::rc::Rc::new(Split {
         images: Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu)),
         labels: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
-    }
+    }))
 }
 
 fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
     FeatureSpec { taps: taps.iter().map(|s| s.to_string()).collect(), pool, pool_size: k }
 }
 
-fn feats(net: &Network, s: &FeatureSpec, data: &Split) -> Tensor {
-    extract::extract(net, s, PRE, data, BatchSize::Fixed(16), "test").unwrap().0.x
+fn feats(net: &Network, s: &FeatureSpec, data: &Source) -> Tensor {
+    let mut sink = extract::Collect::default();
+    let feed = extract::Feed { batch_size: BatchSize::Fixed(16), workers: 1, flip: false };
+    extract::extract(net, s, PRE, data, feed, "test", &mut sink).unwrap();
+    sink.parts.pop().unwrap().1.x
 }
 
 #[test]

@@ -34,6 +34,14 @@ pub struct DataArgs {
     /// Folder datasets: skip unreadable images with a warning and a count.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// Folder datasets: resize the shorter side to --input-size·256/224, then take the
+    /// centre --input-size square (torchvision's Resize(256) + CenterCrop(224) for photos)
+    /// instead of resizing the whole image to a square.
+    #[arg(long)]
+    pub center_crop: bool,
+    /// Folder datasets: threads decoding images ahead of the network [default: the cores].
+    #[arg(long, value_parser = parse::positive_usize)]
+    pub workers: Option<usize>,
     /// Use only the first N train and first N test images (benchmarks, smoke runs).
     #[arg(long, value_parser = parse::positive_usize)]
     pub limit: Option<usize>,
@@ -291,6 +299,29 @@ pub struct ExtractArgs {
     /// Output directory for the feature files and features.json (the extraction settings).
     #[arg(long, short)]
     pub output: PathBuf,
+    /// Extract only the K-th of N equal, contiguous parts of each split (K from 0), e.g. one
+    /// per GPU or per job-array task; `cnnprobe merge` joins the N shard directories.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::data::source::Shard>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The shard directories written by `extract --shard K/N` (all N of them, any order).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// Output directory: the features of one unsharded run, in the shards' format.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Resize every image to N×N as `extract --input-size N` would (folder datasets).
+    #[arg(long, value_parser = parse::positive_usize)]
+    pub input_size: Option<usize>,
 }
 
 #[derive(Args, Debug)]

@@ -7,7 +7,7 @@ pub mod presets;
 mod sweep;
 mod validate;
 
-use crate::config::{Job, ReproduceJob, WeightsJob};
+use crate::config::{Job, MergeJob, ReproduceJob, WeightsJob};
 use anyhow::Result;
 use args::*;
 use clap::{Parser, Subcommand};
@@ -31,6 +31,10 @@ pub enum Command {
     Run(Box<RunCmd>),
     /// Extract train/test features and labels to files (csv, npy or safetensors).
     Extract(Box<ExtractArgs>),
+    /// Join the shard directories of `extract --shard K/N` into the export of one unsharded run.
+    Merge(MergeArgs),
+    /// Decode every image of a folder dataset as `extract` would: unreadable files, images/s.
+    Scan(Box<ScanArgs>),
     /// Fit the probe on features exported by `extract`, with the same options and logs as `run`.
     Fit(Box<FitArgs>),
     /// Random weights over several seeds vs torchvision's ImageNet weights, side by side.
@@ -62,6 +66,8 @@ impl Cli {
         Ok(match self.command {
             Command::Run(c) => Job::Run(Box::new(c.run.config(c.preset.clone())?)),
             Command::Extract(a) => Job::Extract(Box::new(a.config()?)),
+            Command::Merge(a) => Job::Merge(MergeJob { shards: a.shards, dir: a.output }),
+            Command::Scan(a) => Job::Scan(Box::new(a.config()?)),
             Command::Fit(a) => Job::Fit(Box::new(a.config())),
             Command::Compare(a) => Job::Compare(Box::new(a.config()?)),
             Command::Sweep(a) => Job::Sweep(a.config()?),

@@ -51,9 +51,7 @@ impl ModelArgs {
     /// The extraction these flags describe, on the data of `data`.
     pub fn extract_config(&self, data: &DataArgs) -> Result<ExtractConfig> {
         let (model, input_size, input_norm) = self.resolve()?;
-        if data.dataset == DatasetName::Folder && data.data.is_none() {
-            bail!("--dataset folder needs --data DIR (with train/<class>/ and test/<class>/ inside)");
-        }
+        data.check(self.input_size)?;
         Ok(ExtractConfig {
             data: data.config(self.input_size),
             model,
@@ -76,8 +74,19 @@ impl ModelArgs {
 }
 
 impl DataArgs {
+    /// The folder-only flags make sense together.
+    fn check(&self, input_size: Option<usize>) -> Result<()> {
+        if self.dataset == DatasetName::Folder && self.data.is_none() {
+            bail!("--dataset folder needs --data DIR (with train/<class>/ and test/<class>/ inside)");
+        }
+        if self.center_crop && (self.dataset != DatasetName::Folder || input_size.is_none()) {
+            bail!("--center-crop needs --dataset folder and --input-size N (the crop's size)");
+        }
+        Ok(())
+    }
+
     /// `folder_size`: a folder dataset is resized at load time only when --input-size is given.
-    fn config(&self, folder_size: Option<usize>) -> DataConfig {
+    pub fn config(&self, folder_size: Option<usize>) -> DataConfig {
         DataConfig {
             dataset: self.dataset,
             labels: self.labels,
@@ -88,6 +97,9 @@ impl DataArgs {
             limit: self.limit,
             skip_bad_images: self.skip_bad_images,
             folder_size,
+            center_crop: self.center_crop,
+            shard: None,
+            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         }
     }
 }
@@ -144,11 +156,19 @@ impl RunArgs {
 
 impl ExtractArgs {
     pub fn config(&self) -> Result<ExtractJob> {
-        Ok(ExtractJob {
-            extract: self.model.extract_config(&self.data)?,
-            dir: self.output.clone(),
-            format: self.format,
-        })
+        let mut extract = self.model.extract_config(&self.data)?;
+        extract.data.shard = self.shard;
+        Ok(ExtractJob { extract, dir: self.output.clone(), format: self.format })
+    }
+}
+
+impl ScanArgs {
+    pub fn config(&self) -> Result<DataConfig> {
+        if self.data.dataset != DatasetName::Folder {
+            bail!("scan reads image folders: pass --dataset folder --data DIR");
+        }
+        self.data.check(self.input_size)?;
+        Ok(self.data.config(self.input_size))
     }
 }
 

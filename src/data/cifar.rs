@@ -3,9 +3,10 @@
 //! A CIFAR-10 record is 1 label byte + 3072 pixel bytes (R, G, B planes of 32×32);
 //! CIFAR-100 has 2 label bytes (coarse, fine) first. The record count comes from the file
 //! size, so small fixture files work.
-use super::{Dataset, Split};
+use super::{Dataset, Source, Split};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use tch::Tensor;
 
 const PIXELS: usize = 3 * 32 * 32;
@@ -110,8 +111,8 @@ pub fn load(dir: &Path, which: Cifar) -> Result<Dataset> {
             _ => "cifar100".into(),
         },
         class_names: class_names(dir, which),
-        train,
-        test,
+        train: Source::Memory(Rc::new(train)),
+        test: Source::Memory(Rc::new(test)),
     })
 }
 

@@ -2,7 +2,7 @@
 //! that turns a `DataConfig` into images and labels.
 use super::cifar::{self, Cifar};
 use super::normalize::{self, ChannelStats, InputNorm};
-use super::{download, folder, Dataset};
+use super::{download, folder, Dataset, Source};
 use crate::util::digest;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -43,6 +43,52 @@ pub struct DataConfig {
     pub skip_bad_images: bool,
     /// Folder datasets: resize to this size at load time (when --input-size was given).
     pub folder_size: Option<usize>,
+    /// Folder datasets: resize the shorter side, then centre-crop to `folder_size`.
+    /// (Left out of the JSON when off, so settings from before it keep their cache keys.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub center_crop: bool,
+    /// Only this part of each split (after `limit`): `extract --shard K/N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// Threads decoding folder images ahead of the extractor.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// `--shard K/N`: the K-th of N contiguous, equal (±1) parts of each split, so shards
+/// concatenated in order are exactly the unsharded rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The rows of an `n`-item split this shard holds.
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        (n * self.index / self.count)..(n * (self.index + 1) / self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = s.split_once('/').and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            _ => Err(format!("'{s}': use K/N with 0 <= K < N (e.g. 0/4)")),
+        }
+    }
 }
 
 impl DataConfig {
@@ -97,24 +143,31 @@ impl DataConfig {
         }
     }
 
-    /// Both splits, cut to `--limit` images each.
-    pub fn load(&self) -> Result<Dataset> {
+    /// Both splits, cut to `--limit` images each; the whole of each (for statistics and
+    /// BatchNorm calibration) and the part this run extracts (`--shard`).
+    pub fn load(&self) -> Result<(Dataset, Source, Source)> {
         let dir = self.dir()?;
         let mut dataset = if self.dataset == DatasetName::Folder {
-            let opts =
-                folder::FolderOptions { size: self.folder_size.map(|s| s as u32), skip_bad: self.skip_bad_images };
-            folder::load(&dir, &opts)?
+            let opts = folder::FolderOptions {
+                size: self.folder_size.map(|s| s as u32),
+                center_crop: self.center_crop,
+                skip_bad: self.skip_bad_images,
+            };
+            let (class_names, train, test) = folder::open(&dir, opts)?;
+            Dataset { name: "folder".into(), class_names, train: Source::Files(train), test: Source::Files(test) }
         } else {
             cifar::load(&dir, self.cifar())?
         };
         if let Some(n) = self.limit {
-            for split in [&mut dataset.train, &mut dataset.test] {
-                let n = (n as i64).min(split.labels.size()[0]);
-                split.images = split.images.narrow(0, 0, n);
-                split.labels = split.labels.narrow(0, 0, n);
-            }
+            dataset.train = dataset.train.slice(0..n);
+            dataset.test = dataset.test.slice(0..n);
         }
-        Ok(dataset)
+        let part = |s: &Source| match self.shard {
+            Some(shard) => s.slice(shard.range(s.len())),
+            None => s.clone(),
+        };
+        let (train, test) = (part(&dataset.train), part(&dataset.test));
+        Ok((dataset, train, test))
     }
 
     /// The data files a run reads: the split files of CIFAR, every file under a folder.
@@ -141,15 +194,25 @@ impl DataConfig {
         digest::folder_digest(&dir, &files, Some(&memo))
     }
 
-    /// The input normalisation statistics: ImageNet's, or the dataset's own.
-    pub fn stats(&self, norm: InputNorm, dataset: &Dataset) -> ChannelStats {
-        match (norm, self.dataset) {
+    /// The input normalisation statistics: ImageNet's, or the dataset's own (for a folder,
+    /// a decoding pass over all its train images, whatever the shard).
+    pub fn stats(&self, norm: InputNorm, dataset: &Dataset) -> Result<ChannelStats> {
+        Ok(match (norm, self.dataset) {
             (InputNorm::Imagenet, _) => normalize::IMAGENET,
             (InputNorm::Dataset, DatasetName::Cifar10) => normalize::CIFAR10,
             (InputNorm::Dataset, DatasetName::Cifar100) => normalize::CIFAR100,
-            // A folder's own train statistics.
-            (InputNorm::Dataset, DatasetName::Folder) => folder::channel_stats(&dataset.train.images),
-        }
+            (InputNorm::Dataset, DatasetName::Folder) => {
+                let bar = crate::util::progress::images(dataset.train.len() as u64, "statistics");
+                let batches = dataset.train.batches(256, self.workers).inspect(|b| {
+                    if let Ok(b) = b {
+                        bar.inc(b.len() as u64)
+                    }
+                });
+                let stats = folder::channel_stats(batches)?;
+                bar.finish_and_clear();
+                stats
+            }
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 //! calibration, and the numerical health check of the result.
 use super::taps::{feature_dim, forward, resolve, FeatureSpec};
 use crate::data::normalize::ChannelStats;
-use crate::data::{split, Split};
+use crate::data::{split, Source};
 use crate::models::layers::BnMode;
 use crate::models::Network;
 use crate::util::{interrupt, progress};
@@ -225,7 +225,7 @@ crate::serde_as_str!(BnSetting);
 /// gradients), then the network is used frozen in eval mode as before.
 pub fn calibrate_batchnorm(
     net: &mut Network,
-    train: &Split,
+    train: &Source,
     n: usize,
     seed: u64,
     pre: Preprocess,
@@ -238,18 +238,17 @@ pub fn calibrate_batchnorm(
     bns.iter().for_each(|bn| bn.reset_running_stats());
     let n = n.min(train.len());
     let order = split::permutation(train.len(), seed ^ 0xB17C);
-    let idx: Vec<i64> = order[..n].iter().map(|&i| i as i64).collect();
     let norm = Normalizer::new(pre, net.device());
     let last = net.body.stage_names().len() - 1;
     let bar = progress::images(n as u64, "calibrate");
-    tch::no_grad(|| {
-        for (k, chunk) in idx.chunks(batch_size).enumerate() {
-            let images = train.images.index_select(0, &Tensor::from_slice(chunk));
-            let x = norm.apply(&images);
+    tch::no_grad(|| -> Result<()> {
+        for (k, chunk) in order[..n].chunks(batch_size).enumerate() {
+            let x = norm.apply(&train.get(chunk)?.images);
             let _ = net.body.forward_stages(&x, BnMode::Calibrate { momentum: 1.0 / (k as f64 + 1.0) }, last);
             bar.inc(chunk.len() as u64);
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -260,49 +259,109 @@ pub struct Features {
     pub y: Tensor,
 }
 
-/// Extracts features of `split` in batches (halving the batch on out-of-memory with
-/// `BatchSize::Auto`). Returns them with the seconds spent.
+/// Where extracted rows go, part by part: a matrix in memory, or files written as the rows
+/// arrive (so an export can be larger than memory).
+pub trait Sink {
+    /// Part `part` (`train`, `test`, …) begins: at most `rows` rows of `dim` features.
+    fn begin(&mut self, part: &'static str, rows: usize, dim: i64) -> Result<()>;
+    /// The next rows of the part, in order.
+    fn rows(&mut self, x: &Tensor, y: &Tensor) -> Result<()>;
+    /// The part is complete.
+    fn end(&mut self) -> Result<()>;
+}
+
+/// Parts collected in memory, each in one preallocated matrix.
+#[derive(Default)]
+pub struct Collect {
+    pub parts: Vec<(&'static str, Features)>,
+    current: Option<(&'static str, Tensor, i64, Vec<Tensor>)>,
+}
+
+impl Sink for Collect {
+    fn begin(&mut self, part: &'static str, rows: usize, dim: i64) -> Result<()> {
+        self.current = Some((part, Tensor::empty([rows as i64, dim], (Kind::Float, Device::Cpu)), 0, vec![]));
+        Ok(())
+    }
+
+    fn rows(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
+        let (_, out, filled, labels) = self.current.as_mut().expect("begin before rows");
+        let len = x.size()[0];
+        // copy_ converts bf16/fp16 features to the float32 matrix.
+        out.narrow(0, *filled, len).copy_(x);
+        *filled += len;
+        labels.push(y.shallow_clone());
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let (part, out, filled, labels) = self.current.take().expect("begin before end");
+        let y =
+            if labels.is_empty() { Tensor::empty([0], (Kind::Int64, Device::Cpu)) } else { Tensor::cat(&labels, 0) };
+        // Fewer rows than announced only when unreadable images were skipped.
+        self.parts.push((part, Features { x: out.narrow(0, 0, filled), y }));
+        Ok(())
+    }
+}
+
+/// How batches reach the network.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    pub batch_size: BatchSize,
+    /// Threads decoding folder images ahead of the network.
+    pub workers: usize,
+    /// Mirror every image (the `_flip` parts).
+    pub flip: bool,
+}
+
+/// Extracts features of `source` into `sink` in batches (halving the batch on out-of-memory
+/// with `BatchSize::Auto`). Returns the rows' health and the seconds spent.
+#[allow(clippy::too_many_arguments)]
 pub fn extract(
     net: &Network,
     spec: &FeatureSpec,
     pre: Preprocess,
-    split: &Split,
-    batch_size: BatchSize,
-    what: &str,
-) -> Result<(Features, f64)> {
+    source: &Source,
+    feed: Feed,
+    part: &'static str,
+    sink: &mut dyn Sink,
+) -> Result<(Health, f64)> {
     let taps = resolve(net, spec)?;
-    let n = split.len() as i64;
-    let dim = feature_dim(net, spec, pre.input_size)?;
-    let out = Tensor::empty([n, dim], (Kind::Float, Device::Cpu));
+    let n = source.len();
+    sink.begin(part, n, feature_dim(net, spec, pre.input_size)?)?;
     // The input stays NCHW even for channels-last folded weights: converting it here measured
     // slower than letting the first convolution take it (scripts/bench_ab.sh, results/bench_channels_last.csv).
     let norm = Normalizer::new(pre, net.device());
-    let bar = progress::images(n as u64, what);
+    let bar = progress::images(n as u64, &part.replace('_', ", "));
     let start = Instant::now();
-    let mut size = batch_size.initial(net.device());
+    let mut size = feed.batch_size.initial(net.device());
+    let mut health = Health::default();
     tch::no_grad(|| -> Result<()> {
-        let mut i = 0;
-        while i < n {
+        for batch in source.batches(size, feed.workers) {
             interrupt::check()?;
-            let (f, used) = with_backoff(size.min((n - i) as usize), |len| {
-                let batch = split.images.narrow(0, i, len as i64);
-                match batch_size {
-                    BatchSize::Fixed(_) => Ok(forward(net, &norm.apply(&batch), spec, &taps, BnMode::Eval)),
-                    BatchSize::Auto => catch_torch(|| forward(net, &norm.apply(&batch), spec, &taps, BnMode::Eval)),
-                }
-            })?;
-            size = size.min(used.max(1));
-            let len = used as i64;
-            // copy_ converts bf16/fp16 features to the float32 matrix.
-            out.narrow(0, i, len).copy_(&f);
-            i += len;
-            bar.inc(len as u64);
+            let batch = batch?;
+            let images = if feed.flip { batch.images.flip([3]) } else { batch.images };
+            let (m, mut i) = (batch.labels.size()[0], 0);
+            while i < m {
+                let (f, used) = with_backoff(size.min((m - i) as usize), |len| {
+                    let x = images.narrow(0, i, len as i64);
+                    match feed.batch_size {
+                        BatchSize::Fixed(_) => Ok(forward(net, &norm.apply(&x), spec, &taps, BnMode::Eval)),
+                        BatchSize::Auto => catch_torch(|| forward(net, &norm.apply(&x), spec, &taps, BnMode::Eval)),
+                    }
+                })?;
+                size = size.min(used.max(1));
+                let f = f.to_device(Device::Cpu).to_kind(Kind::Float);
+                health.update(&f);
+                sink.rows(&f, &batch.labels.narrow(0, i, used as i64))?;
+                i += used as i64;
+            }
+            bar.inc(m as u64);
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    Ok((Features { x: out, y: split.labels.shallow_clone() }, secs))
+    sink.end()?;
+    Ok((health, start.elapsed().as_secs_f64()))
 }
 
 /// Row and column of the first NaN/Inf of a (N, D) matrix, scanned in row blocks.
@@ -321,37 +380,69 @@ pub fn first_non_finite(x: &Tensor) -> Option<(i64, i64)> {
     None
 }
 
-/// Why a feature matrix is useless to a probe, if it is. Works in row blocks and column
-/// reductions, so checking 50k×2048 features adds no full-size temporaries.
-fn degeneracy(x: &Tensor) -> Option<&'static str> {
-    let n = x.size()[0];
-    if first_non_finite(x).is_some() {
-        return Some("NaN/Inf");
+/// What a probe needs to know about a feature matrix, accumulated batch by batch: the first
+/// NaN/Inf, and each column's range (all zeros, or one vector for every image, is useless).
+#[derive(Default)]
+pub struct Health {
+    rows: i64,
+    non_finite: Option<(i64, i64)>,
+    hi: Option<Tensor>,
+    lo: Option<Tensor>,
+}
+
+impl Health {
+    pub fn of(x: &Tensor) -> Health {
+        let mut h = Health::default();
+        h.update(x);
+        h
     }
-    let (hi, lo) = (x.amax(0, false), x.amin(0, false));
-    if hi.max().double_value(&[]) == 0.0 && lo.min().double_value(&[]) == 0.0 {
-        return Some("all zeros");
+
+    pub fn update(&mut self, x: &Tensor) {
+        if self.non_finite.is_none() {
+            self.non_finite = first_non_finite(x).map(|(r, c)| (self.rows + r, c));
+        }
+        let (hi, lo) = (x.amax(0, false), x.amin(0, false));
+        self.hi = Some(self.hi.as_ref().map_or(hi.shallow_clone(), |h| h.maximum(&hi)));
+        self.lo = Some(self.lo.as_ref().map_or(lo.shallow_clone(), |l| l.minimum(&lo)));
+        self.rows += x.size()[0];
     }
-    // Every sample the same vector: nothing to separate.
-    if n > 1 && (hi - lo).max().double_value(&[]) == 0.0 {
-        return Some("identical for every image");
+
+    /// Columns seen (0 before any row).
+    pub fn dim(&self) -> i64 {
+        self.hi.as_ref().map_or(0, |h| h.size()[0])
     }
-    None
+
+    /// Why the rows are useless to a probe, if they are.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.non_finite.is_some() {
+            return Some("NaN/Inf");
+        }
+        let (Some(hi), Some(lo)) = (&self.hi, &self.lo) else { return None };
+        if hi.max().double_value(&[]) == 0.0 && lo.min().double_value(&[]) == 0.0 {
+            return Some("all zeros");
+        }
+        // Every sample the same vector: nothing to separate.
+        if self.rows > 1 && (hi - lo).max().double_value(&[]) == 0.0 {
+            return Some("identical for every image");
+        }
+        None
+    }
 }
 
 /// Numerical health of extracted features (a random deep network can overflow or vanish).
 /// When they are degenerate, re-runs a few images stage by stage to name where the
 /// problem first appears; fails unless `allow` (then it only warns).
-pub fn check_health(net: &Network, pre: Preprocess, split: &Split, features: &Tensor, allow: bool) -> Result<()> {
-    let Some(what) = degeneracy(features) else { return Ok(()) };
-    let n = split.len().min(16) as i64;
+pub fn check_health(net: &Network, pre: Preprocess, source: &Source, health: &Health, allow: bool) -> Result<()> {
+    let Some(what) = health.problem() else { return Ok(()) };
+    let first: Vec<usize> = (0..source.len().min(16)).collect();
     let names = net.body.stage_names();
+    let images = source.get(&first)?.images;
     let first = tch::no_grad(|| {
-        let x = Normalizer::new(pre, net.device()).apply(&split.images.narrow(0, 0, n));
+        let x = Normalizer::new(pre, net.device()).apply(&images);
         let stages = net.body.forward_stages(&x, BnMode::Eval, names.len() - 1);
         stages
             .iter()
-            .position(|s| degeneracy(&s.flatten(1, -1).to_kind(Kind::Float)).is_some())
+            .position(|s| Health::of(&s.flatten(1, -1).to_kind(Kind::Float)).problem().is_some())
             .map(|i| names[i].clone())
             .unwrap_or_else(|| "the pooling/classifier after the last stage".into())
     });

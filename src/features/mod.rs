@@ -2,6 +2,7 @@
 //! extraction loop (`extract`), a whole run's train/test features (`set`), the feature
 //! cache (`cache`) and feature files on disk (`store`).
 pub mod cache;
+pub mod export;
 pub mod extract;
 pub mod npy;
 pub mod set;

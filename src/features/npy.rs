@@ -17,20 +17,9 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
         k => bail!("cannot write {k:?} tensors as .npy"),
     };
     let shape = t.size();
-    let shape_text = match shape.as_slice() {
-        [n] => format!("({n},)"),
-        dims => format!("({})", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
+    let preamble = preamble(descr, &shape);
     write_atomic(path, |w| {
-        w.write_all(b"\x93NUMPY\x01\x00")?;
-        w.write_all(&(header.len() as u16).to_le_bytes())?;
-        w.write_all(header.as_bytes())?;
+        w.write_all(&preamble)?;
         let n = shape[0];
         let t = t.contiguous();
         let mut start = 0;
@@ -46,6 +35,25 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Magic, version 1.0, header length and the header dict of an array of `shape`, padded
+/// (as numpy pads it) so the data starts at a multiple of 64 bytes.
+pub fn preamble(descr: &str, shape: &[i64]) -> Vec<u8> {
+    let shape_text = match shape {
+        [n] => format!("({n},)"),
+        dims => format!("({})", dims.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out
 }
 
 /// The header dict: `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`.

@@ -1,8 +1,8 @@
 //! A run's features: the validated extraction settings (`ExtractConfig`), and data →
 //! frozen network → train/test features (plus mirrored views) with their provenance.
-use super::extract::{self, BatchSize, BnSetting, Features, Precision, Preprocess, Resize};
+use super::extract::{self, BatchSize, BnSetting, Collect, Features, Feed, Precision, Preprocess, Resize, Sink};
 use super::taps::FeatureSpec;
-use crate::data::{DataConfig, InputNorm, Split};
+use crate::data::{DataConfig, InputNorm};
 use crate::models::{frozen, ModelConfig, WeightsSource};
 use crate::util::device::{self, Compute};
 use crate::util::digest;
@@ -53,7 +53,7 @@ impl ExtractConfig {
             o.remove(k);
         }
         if let Some(d) = o.get_mut("data").and_then(|d| d.as_object_mut()) {
-            for k in ["data_dir", "mirror", "archive_md5"] {
+            for k in ["data_dir", "mirror", "archive_md5", "workers"] {
                 d.remove(k);
             }
         }
@@ -133,29 +133,52 @@ pub fn extract_features(cfg: &ExtractConfig, device: Device) -> Result<FeatureSe
     extract_with(cfg, device, &inputs(cfg)?)
 }
 
-/// `extract_features` with the inputs' digests already known.
+/// `extract_features` with the inputs' digests already known: the parts in memory.
 pub fn extract_with(cfg: &ExtractConfig, device: Device, inputs: &Inputs) -> Result<FeatureSet> {
+    let mut sink = Collect::default();
+    let made = extract_into(cfg, device, inputs, &mut sink)?;
+    let mut take = |name: &str| sink.parts.iter().position(|(k, _)| *k == name).map(|i| sink.parts.swap_remove(i).1);
+    let (train, test) = (take("train").expect("always extracted"), take("test").expect("always extracted"));
+    let (train_flip, test_flip) = (take("train_flip"), take("test_flip"));
+    let mut set = FeatureSet { train, test, train_flip, test_flip, class_names: made.class_names, provenance: vec![] };
+    set.provenance = made.provenance;
+    set.provenance.push(("features_sha256".into(), set.content_sha256()));
+    Ok(set)
+}
+
+/// What `extract_into` made besides the rows.
+pub struct Made {
+    pub class_names: Vec<String>,
+    /// Summary columns, all but `features_sha256` (the sink's to compute).
+    pub provenance: Vec<(String, String)>,
+}
+
+/// Data → network → rows of every part (train, test, then the mirrored views), in order,
+/// into `sink`. Folder images are decoded batch by batch as they are needed.
+pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: &mut dyn Sink) -> Result<Made> {
     // The network first: a missing checkpoint or a bad weights file fails before any data work.
     let mut net = frozen::build(&cfg.model, &cfg.weights, cfg.weights_mirror.as_deref(), device)?;
-    let dataset = cfg.data.load()?;
+    let (dataset, train, test) = cfg.data.load()?;
+    let shard = cfg.data.shard.map(|s| format!(" (shard {s})")).unwrap_or_default();
     eprintln!(
-        "cnnprobe {}: {} train / {} test images, {} classes, {} on {}",
+        "cnnprobe {}: {} train / {} test images{shard}, {} classes, {} on {}",
         cfg.short_name(),
-        dataset.train.len(),
-        dataset.test.len(),
+        train.len(),
+        test.len(),
         dataset.num_classes(),
         cfg.model.arch.name(),
         device::name(device)
     );
     // A folder's images keep their (common) size unless --input-size was given.
     let input_size = match cfg.data.folder_size {
-        None if cfg.data.dataset == crate::data::DatasetName::Folder => dataset.train.images.size()[2],
+        None if cfg.data.dataset == crate::data::DatasetName::Folder => dataset.train.image_size().0,
         _ => cfg.input_size,
     };
-    let stats = cfg.data.stats(cfg.input_norm, &dataset);
+    let stats = cfg.data.stats(cfg.input_norm, &dataset)?;
     let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision };
     if let BnSetting::Calibrate(n) = cfg.bn {
-        // Calibration runs in float32 with a fixed batch, before any folding or casting.
+        // Calibration runs in float32 with a fixed batch, before any folding or casting, on
+        // the whole train split whatever the shard.
         let calib = Preprocess { precision: Precision::Fp32, ..pre };
         extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, calib, 256)?;
     }
@@ -163,44 +186,44 @@ pub fn extract_with(cfg: &ExtractConfig, device: Device, inputs: &Inputs) -> Res
         net.fold_batchnorm();
     }
     net.set_precision(cfg.precision.kind());
-    let spec = &cfg.features;
-    let run = |split: &Split, what: &str| extract::extract(&net, spec, pre, split, cfg.batch_size, what);
-    let (train, train_s) = run(&dataset.train, "train")?;
-    extract::check_health(&net, pre, &dataset.train, &train.x, cfg.allow_degenerate)?;
-    let (test, test_s) = run(&dataset.test, "test")?;
-    // Mirror images (`--hflip`, `--hflip-test`), flipped along the width axis.
-    let mirrored = |on: bool, split: &Split, what: &str| -> Result<(Option<Features>, f64)> {
-        if !on {
-            return Ok((None, 0.0));
+    let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false };
+    let flipped = Feed { flip: true, ..feed };
+    let mut parts = vec![("train", &train, feed), ("test", &test, feed)];
+    if cfg.hflip {
+        parts.push(("train_flip", &train, flipped));
+    }
+    if cfg.hflip_test {
+        parts.push(("test_flip", &test, flipped));
+    }
+    let (mut extract_s, mut images, mut feature_dim) = (0.0, 0, 0);
+    for (part, source, feed) in parts {
+        let (health, secs) = extract::extract(&net, &cfg.features, pre, source, feed, part, sink)?;
+        if part == "train" {
+            extract::check_health(&net, pre, source, &health, cfg.allow_degenerate)?;
         }
-        let (f, secs) = run(&Split { images: split.images.flip([3]), labels: split.labels.shallow_clone() }, what)?;
-        Ok((Some(f), secs))
-    };
-    let (train_flip, flip_s) = mirrored(cfg.hflip, &dataset.train, "train, flipped")?;
-    let (test_flip, test_flip_s) = mirrored(cfg.hflip_test, &dataset.test, "test, flipped")?;
-    let feature_dim = train.x.size()[1];
-    let extract_s = train_s + test_s + flip_s + test_flip_s;
-    let images = (dataset.train.len() * (1 + cfg.hflip as usize)) + dataset.test.len() * (1 + cfg.hflip_test as usize);
+        (extract_s, images, feature_dim) = (extract_s + secs, images + source.len(), health.dim());
+    }
+    let skipped = train.skipped() + test.skipped();
+    if skipped > 0 {
+        eprintln!("warning: skipped {skipped} unreadable image(s) (--skip-bad-images)");
+    }
     let images_per_s = images as f64 / extract_s;
     eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
-    let mut set =
-        FeatureSet { train, test, train_flip, test_flip, class_names: dataset.class_names, provenance: vec![] };
-    set.provenance = provenance(cfg, device);
-    set.provenance.extend([
+    let mut provenance = provenance(cfg, device);
+    provenance.extend([
         ("feature_dim".to_string(), feature_dim.to_string()),
         ("extract_s".into(), format!("{extract_s:.1}")),
         ("images_per_s".into(), format!("{images_per_s:.1}")),
         ("data_digest".into(), inputs.data_digest.clone()),
         ("weights_sha256".into(), inputs.weights.clone()),
-        ("features_sha256".into(), set.content_sha256()),
     ]);
-    Ok(set)
+    Ok(Made { class_names: dataset.class_names, provenance })
 }
 
 /// The extraction settings as summary columns.
 fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
     let s = |k: &str, v: String| (k.to_string(), v);
-    vec![
+    let mut cols = vec![
         s("dataset", cfg.data.dataset_name().into()),
         s("limit", cfg.data.limit.map(|n| n.to_string()).unwrap_or_default()),
         s("labels", cfg.data.labels_name().into()),
@@ -225,5 +248,9 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
         s("threads", cfg.compute.threads.to_string()),
         s("batch_size", cfg.batch_size.to_string()),
         s("precision", value_name(&cfg.precision)),
-    ]
+    ];
+    if let Some(shard) = cfg.data.shard {
+        cols.push(s("shard", shard.to_string()));
+    }
+    cols
 }

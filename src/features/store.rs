@@ -29,7 +29,7 @@ pub enum FeatureFormat {
 }
 
 /// features.json.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: FeatureFormat,
     pub n_train: i64,
@@ -50,10 +50,23 @@ pub struct Manifest {
     /// written before 0.2 (read with a warning).
     #[serde(default)]
     pub sha256: BTreeMap<String, String>,
+    /// Set by `extract --shard K/N`: which part this is, and what its shards must share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+}
+
+/// A shard's place among its siblings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    /// sha256 of the data, the weights and every setting that changes features, the shard
+    /// itself excepted: shards merge only when theirs are equal.
+    pub settings: String,
 }
 
 /// The data files of a feature directory in `format` holding `parts`.
-fn file_names(format: FeatureFormat, parts: &[&str]) -> Vec<String> {
+pub fn file_names(format: FeatureFormat, parts: &[&str]) -> Vec<String> {
     match format {
         FeatureFormat::Npy => {
             parts.iter().flat_map(|p| [format!("{p}_features.npy"), format!("{p}_labels.npy")]).collect()
@@ -139,6 +152,7 @@ pub fn write(dir: &Path, set: &FeatureSet, format: FeatureFormat) -> Result<()> 
         provenance: set.provenance.clone(),
         cnnprobe_version: crate::VERSION.into(),
         sha256,
+        shard: None,
     };
     write_json(&dir.join("features.json"), &manifest)
 }
@@ -213,14 +227,47 @@ fn expected_parts(m: &Manifest) -> Vec<(&'static str, i64)> {
     parts
 }
 
-/// Reads a directory written by `write`.
-pub fn read(dir: &Path) -> Result<FeatureSet> {
+/// A feature directory's features.json.
+pub fn manifest(dir: &Path) -> Result<Manifest> {
     let manifest_path = dir.join("features.json");
     let text = std::fs::read_to_string(&manifest_path).with_context(|| {
         format!("{}: no features.json (not a `cnnprobe extract` directory, or an unfinished export)", dir.display())
     })?;
-    let m: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a valid features.json", manifest_path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid features.json", manifest_path.display()))
+}
+
+/// Bytes the features (float32) and labels of every part take in memory.
+pub fn memory_bytes(m: &Manifest) -> u64 {
+    expected_parts(m).iter().map(|(_, n)| *n as u64 * (m.feature_dim as u64 * 4 + 8)).sum()
+}
+
+/// One part of a directory written by `write` or `Export`, verified (an npy part reads
+/// only its own two files).
+pub fn read_part(dir: &Path, m: &Manifest, part: &str) -> Result<Features> {
+    if m.format != FeatureFormat::Npy {
+        let mut set = read(dir)?;
+        let mut parts: Vec<(&str, Features)> = vec![("train", set.train), ("test", set.test)];
+        parts.extend(set.train_flip.take().map(|f| ("train_flip", f)));
+        parts.extend(set.test_flip.take().map(|f| ("test_flip", f)));
+        return parts.into_iter().find(|(k, _)| *k == part).map(|(_, f)| f).context("no such part");
+    }
+    verify(dir, m, &file_names(m.format, &[part]))?;
+    let x = read_npy(&dir.join(format!("{part}_features.npy")), Kind::Float)?;
+    let y = read_npy(&dir.join(format!("{part}_labels.npy")), Kind::Int64)?;
+    let n = expected_parts(m).into_iter().find(|(k, _)| *k == part).map_or(-1, |(_, n)| n);
+    ensure!(
+        x.size() == [n, m.feature_dim] && y.size() == [n],
+        "{}: {part} has shape {:?}, features.json says [{n}, {}]",
+        dir.display(),
+        x.size(),
+        m.feature_dim
+    );
+    Ok(Features { x, y })
+}
+
+/// Reads a directory written by `write`.
+pub fn read(dir: &Path) -> Result<FeatureSet> {
+    let m = manifest(dir)?;
     let expected = expected_parts(&m);
     let names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
     verify(dir, &m, &file_names(m.format, &names))?;
