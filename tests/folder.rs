@@ -4,26 +4,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-/// class c: a flat colour per class plus noise, `n` images per split, PNG for even
-/// indices and JPEG for odd ones.
-fn write_folder(root: &Path, classes: &[&str], n_train: usize, n_test: usize, size: u32) {
-    let mut rng = Bytes::new(5);
-    for (split, n) in [("train", n_train), ("test", n_test)] {
-        for (c, name) in classes.iter().enumerate() {
-            let dir = root.join(split).join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let base = [(c * 80) as u8, (255 - c * 60) as u8, (c * 37) as u8];
-                let img = image::RgbImage::from_fn(size, size, |_, _| {
-                    image::Rgb(base.map(|b| b.saturating_add(rng.next() % 40)))
-                });
-                let ext = if i % 2 == 0 { "png" } else { "jpg" };
-                img.save(dir.join(format!("{i:04}.{ext}"))).unwrap();
-            }
-        }
-    }
-}
-
 fn run(cwd: &Path, root: &Path, extra: &[&str]) -> std::process::Output {
     let mut args =
         vec!["run", "--dataset", "folder", "--data", root.to_str().unwrap(), "--out", "r", "--summary", "s.csv"];

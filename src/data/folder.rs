@@ -3,9 +3,9 @@
 //! file list is read up front; images are decoded batch by batch when they are used.
 use super::Split;
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tch::Tensor;
 

@@ -79,6 +79,10 @@ pub fn file_names(format: FeatureFormat, parts: &[&str]) -> Vec<String> {
 /// Checks every data file against features.json's sha256 before anything parses it, so
 /// a damaged file of the right size is an error naming it, never a silent set of numbers.
 fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
+    verify_quietly(dir, m, names, true)
+}
+
+fn verify_quietly(dir: &Path, m: &Manifest, names: &[String], say: bool) -> Result<()> {
     if m.sha256.is_empty() {
         eprintln!(
             "warning: {}: features.json has no checksums (written before cnnprobe 0.2); not verified",
@@ -101,6 +105,9 @@ fn verify(dir: &Path, m: &Manifest, names: &[String]) -> Result<()> {
             &got[..12],
             &want[..12.min(want.len())]
         );
+    }
+    if !say {
+        return Ok(());
     }
     eprintln!(
         "features: {} verified ({:.0} MB, {:.2} s)",
@@ -241,8 +248,8 @@ pub fn memory_bytes(m: &Manifest) -> u64 {
     expected_parts(m).iter().map(|(_, n)| *n as u64 * (m.feature_dim as u64 * 4 + 8)).sum()
 }
 
-/// One part of a directory written by `write` or `Export`, verified (an npy part reads
-/// only its own two files).
+/// One part of a directory written by `write` or `Export`, verified without a word (an npy
+/// part reads only its own two files).
 pub fn read_part(dir: &Path, m: &Manifest, part: &str) -> Result<Features> {
     if m.format != FeatureFormat::Npy {
         let mut set = read(dir)?;
@@ -251,7 +258,7 @@ pub fn read_part(dir: &Path, m: &Manifest, part: &str) -> Result<Features> {
         parts.extend(set.test_flip.take().map(|f| ("test_flip", f)));
         return parts.into_iter().find(|(k, _)| *k == part).map(|(_, f)| f).context("no such part");
     }
-    verify(dir, m, &file_names(m.format, &[part]))?;
+    verify_quietly(dir, m, &file_names(m.format, &[part]), false)?;
     let x = read_npy(&dir.join(format!("{part}_features.npy")), Kind::Float)?;
     let y = read_npy(&dir.join(format!("{part}_labels.npy")), Kind::Int64)?;
     let n = expected_parts(m).into_iter().find(|(k, _)| *k == part).map_or(-1, |(_, n)| n);

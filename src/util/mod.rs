@@ -6,5 +6,6 @@ pub mod fetch;
 pub mod files;
 pub mod interrupt;
 pub mod libtorch;
+pub mod memory;
 pub mod names;
 pub mod progress;
