@@ -109,6 +109,23 @@ impl Source {
         }
     }
 
+    /// Batches of the items `idx`, in that order, decoded ahead by `workers` threads.
+    pub fn batches_of(&self, idx: Vec<usize>, size: usize, workers: usize) -> Box<dyn Iterator<Item = Result<Split>>> {
+        let (idx, size) = (std::sync::Arc::new(idx), size.max(1));
+        let count = idx.len().div_ceil(size);
+        match self {
+            Source::Memory(_) => {
+                let s = self.clone();
+                Box::new((0..count).map(move |k| s.get(&idx[k * size..((k + 1) * size).min(idx.len())])))
+            }
+            Source::Files(f) => {
+                let f = f.clone();
+                let job = move |k: usize| f.get(&idx[k * size..((k + 1) * size).min(idx.len())]);
+                Box::new(stream::Ordered::new(count, workers, 2 * workers.max(1), job))
+            }
+        }
+    }
+
     /// Images skipped as unreadable so far.
     pub fn skipped(&self) -> usize {
         match self {
