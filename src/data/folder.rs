@@ -223,3 +223,29 @@ pub fn channel_stats(batches: impl Iterator<Item = Result<Split>>) -> Result<sup
     let std = [0, 1, 2].map(|c| (sq[c] / count - mean[c] * mean[c]).max(0.0).sqrt());
     Ok(super::normalize::ChannelStats { mean, std })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn center_crop_keeps_the_middle_of_the_shorter_side_resized() {
+        // 80×40, each pixel's red value its column: s = 28 → shorter side round(32) = 32,
+        // 64×32, then the 28 columns from round((64 − 28) / 2) = 18.
+        let img = image::RgbImage::from_fn(80, 40, |x, _| image::Rgb([x as u8 * 3, 0, 0]));
+        let out = center_crop(&img, 28);
+        assert_eq!(out.dimensions(), (28, 28));
+        // Resized column c samples the original around (c + 0.5)·80/64 − 0.5.
+        for c in [0u32, 13, 27] {
+            let want = ((18 + c) as f64 + 0.5) * 1.25 - 0.5;
+            let got = out.get_pixel(c, 14)[0] as f64 / 3.0;
+            assert!((got - want).abs() < 1.0, "column {c}: {got} vs {want}");
+        }
+        // Portrait: the crop is vertical.
+        let tall = image::RgbImage::from_fn(30, 90, |_, y| image::Rgb([0, y as u8 * 2, 0]));
+        let out = center_crop(&tall, 24);
+        assert_eq!(out.dimensions(), (24, 24));
+        let mid = out.get_pixel(12, 12)[1] as f64 / 2.0;
+        assert!((mid - 45.0).abs() < 2.0, "the middle row comes from the middle: {mid}");
+    }
+}
