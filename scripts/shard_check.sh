@@ -11,7 +11,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin=${CNNPROBE_BIN:-$here/../target/release/cnnprobe}
 data=$1 out=${2:-/dev/stdout} shards=${SHARDS:-4}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rc=$?; ((rc == 0)) || tail -n 3 "$work"/*.log "$work"/*.txt >&2; rm -rf "$work"' EXIT
 export XDG_CACHE_HOME=$work/xdg
 flags=(--dataset folder --data "$data" --arch resnet18 --input-size 32 --input-norm imagenet --hflip --format npy --device cpu)
 [[ -n ${LIMIT:-} ]] && flags+=(--limit "$LIMIT")
@@ -26,10 +26,11 @@ t0=$(date +%s.%N)
 "$bin" extract "${flags[@]}" --threads 2 --workers 2 -o "$work/whole" 2> "$work/whole.log"
 t1=$(date +%s.%N)
 for ((k = 0; k < shards; k++)); do
-  "$bin" extract "${flags[@]}" --threads 1 --workers 1 --shard "$k/$shards" -o "$work/shard-$k" 2> "$work/shard-$k.log" &
+  "$bin" extract "${flags[@]}" --threads 1 --workers 1 --shard "$k/$shards" -o "$work/shard-$k" 2> "$work/shard-$k.txt" &
 done
 wait
-"$bin" merge "$work"/shard-* -o "$work/merged" 2> "$work/merge.log"
+dirs=(); for ((k = 0; k < shards; k++)); do dirs+=("$work/shard-$k"); done
+"$bin" merge "${dirs[@]}" -o "$work/merged" 2> "$work/merge.log"
 t2=$(date +%s.%N)
 n=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(2*(m['n_train'])+m['n_test'])" "$work/whole/features.json")
 {

@@ -5,7 +5,9 @@ use super::extract::Sink;
 use super::npy;
 use super::set::PARTS;
 use super::store::{file_names, FeatureFormat, Manifest, ShardInfo};
-use crate::util::digest::{file_sha256, hex};
+use crate::util::digest::hex;
+use crate::util::progress;
+use indicatif::ProgressBar;
 use crate::util::files::write_json;
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
@@ -110,12 +112,17 @@ impl Export {
             FeatureFormat::Npy => {}
         }
         let names: Vec<&str> = self.parts.iter().map(|p| p.name).collect();
-        let sha256 = file_names(self.format, &names)
+        let files = file_names(self.format, &names);
+        // Files and content are hashed from disk: two reads of the export, shown as one bar.
+        let total: u64 = files.iter().map(|f| std::fs::metadata(self.dir.join(f)).map_or(0, |m| m.len())).sum();
+        let bar = progress::bytes(Some(2 * total), "checksums");
+        let sha256 = files
             .into_iter()
-            .map(|f| Ok((f.clone(), file_sha256(&self.dir.join(&f))?)))
+            .map(|f| Ok((f.clone(), file_sha256(&self.dir.join(&f), &bar)?)))
             .collect::<Result<_>>()?;
         provenance.retain(|(k, _)| k != "features_sha256");
-        provenance.push(("features_sha256".into(), self.content_sha256(&class_names)?));
+        provenance.push(("features_sha256".into(), self.content_sha256(&class_names, &bar)?));
+        bar.finish_and_clear();
         let rows = |name: &str| self.parts.iter().find(|p| p.name == name).map(|p| p.rows);
         let manifest = Manifest {
             format: self.format,
@@ -150,11 +157,11 @@ impl Export {
     }
 
     /// The digest `FeatureSet::content_sha256` gives for these numbers, from the files.
-    fn content_sha256(&self, class_names: &[String]) -> Result<String> {
+    fn content_sha256(&self, class_names: &[String], bar: &ProgressBar) -> Result<String> {
         let mut h = Sha256::new();
         let dim = self.dim;
         match self.format {
-            FeatureFormat::Csv => csv_content(&self.dir.join("features.csv"), &self.parts, dim, &mut h)?,
+            FeatureFormat::Csv => csv_content(&self.dir.join("features.csv"), &self.parts, dim, &mut h, bar)?,
             _ => {
                 for p in &self.parts {
                     h.update(p.name.as_bytes());
@@ -167,9 +174,9 @@ impl Export {
                         _ => (vec!["features.safetensors".into(); 2], p.offsets),
                     };
                     h.update(format!("{:?}{:?};", Kind::Float, [p.rows, dim]).as_bytes());
-                    hash_range(&self.dir.join(&file[0]), offsets[0], &mut h)?;
+                    hash_range(&self.dir.join(&file[0]), offsets[0], &mut h, bar)?;
                     h.update(format!("{:?}{:?};", Kind::Int64, [p.rows]).as_bytes());
-                    hash_range(&self.dir.join(&file[1]), offsets[1], &mut h)?;
+                    hash_range(&self.dir.join(&file[1]), offsets[1], &mut h, bar)?;
                 }
             }
         }
@@ -179,16 +186,22 @@ impl Export {
 }
 
 /// Feeds bytes `a..b` of `path` (to its end when `b` is u64::MAX) to `h`.
-fn hash_range(path: &Path, (a, b): (u64, u64), h: &mut Sha256) -> Result<()> {
+fn hash_range(path: &Path, (a, b): (u64, u64), h: &mut Sha256, bar: &ProgressBar) -> Result<()> {
     let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     f.seek(SeekFrom::Start(a))?;
-    std::io::copy(&mut f.take(b.saturating_sub(a)), h)?;
+    std::io::copy(&mut bar.wrap_read(f.take(b.saturating_sub(a))), h)?;
     Ok(())
 }
 
+fn file_sha256(path: &Path, bar: &ProgressBar) -> Result<String> {
+    let mut h = Sha256::new();
+    hash_range(path, (0, u64::MAX), &mut h, bar)?;
+    Ok(hex(&h.finalize()))
+}
+
 /// The content digest of a CSV export: its numbers parsed back, part by part.
-fn csv_content(path: &Path, parts: &[Part], dim: i64, h: &mut Sha256) -> Result<()> {
-    let mut rdr = csv::Reader::from_reader(BufReader::new(File::open(path)?));
+fn csv_content(path: &Path, parts: &[Part], dim: i64, h: &mut Sha256, bar: &ProgressBar) -> Result<()> {
+    let mut rdr = csv::Reader::from_reader(BufReader::new(bar.wrap_read(File::open(path)?)));
     let mut records = rdr.records();
     for p in parts {
         h.update(p.name.as_bytes());
