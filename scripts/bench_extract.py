@@ -165,7 +165,7 @@ def bench_case(a, name, flags, limit):
                 "gflop_per_image": round(gflop, 3), "cnnprobe_gflops": round(cp_med * gflop, 1),
                 "cnnprobe_runs": " ".join(f"{v:.1f}" for v in cp),
                 "pytorch_runs": "; ".join(f"{p} " + " ".join(f"{v:.1f}" for v in pt[p]) for p in pt),
-                "load1_after": os.getloadavg()[0],
+                "load1_after": round(os.getloadavg()[0], 2),
                 "notes": "; ".join(f"{p}: {n}" for p, n in head["notes"].items())})
     return row
 
