@@ -105,6 +105,32 @@ fn folded_bn_matches_unfolded_within_1e4_relative() {
 }
 
 #[test]
+fn fused_convs_match_the_aten_path_within_1e4_relative() {
+    // 24 images in batches of 16: the last batch's other size must not break the weights
+    // packed for the first. Every stage tapped: a fused block must not overwrite a tap.
+    // 2×2 pooling of channels-last maps where the maps are large enough.
+    let data = images(24, 3);
+    let nets = [
+        (Arch::Resnet18, Stem::Cifar, "layer1,layer2,layer3,layer4", 2),
+        (Arch::Resnet18, Stem::Imagenet, "layer1,layer2,layer3,layer4", 1),
+        (Arch::Resnet50, Stem::Imagenet, "layer1,layer2,layer3,layer4", 1),
+        (Arch::Resnet20, Stem::Cifar, "layer1,layer2,layer3", 2),
+    ];
+    for (arch, stem, taps, k) in nets {
+        let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 4)).unwrap();
+        extract::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
+        let s = spec(&taps.split(',').collect::<Vec<_>>(), Pool::Avg, k);
+        net.fold_batchnorm();
+        assert!(!net.fuse(false));
+        let plain = feats(&net, &s, &data);
+        assert!(net.fuse(true), "{}: fused convs unavailable on this CPU libtorch", arch.name());
+        let fused = feats(&net, &s, &data);
+        let rel = ((&fused - &plain).abs().max() / plain.abs().max()).double_value(&[]);
+        assert!(rel < 1e-4, "{} {stem:?}: fused differs by {rel:e} relative", arch.name());
+    }
+}
+
+#[test]
 fn calibration_changes_features_and_is_seeded() {
     let data = images(32, 2);
     let build = || Network::build(&cfg(Arch::Resnet18, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();

@@ -44,10 +44,12 @@ fn check(arch: Arch) {
         Tensor::read_npz(dir.join(format!("{}.npz", arch.name()))).unwrap().into_iter().collect();
     let spec =
         FeatureSpec { taps: if arch.is_vgg() { vec!["fc2".into()] } else { vec![] }, pool: Pool::Avg, pool_size: 1 };
-    for fold in [false, true] {
+    // Unfolded, folded, then folded with oneDNN's fused convs (CPU fp32 ResNets).
+    for (fold, fused) in [(false, false), (true, false), (true, true)] {
         if fold {
             net.fold_batchnorm();
         }
+        net.fuse(fused);
         for size in [32, 224] {
             let x = &arrays[&format!("input{size}")];
             let (logits, feats) = tch::no_grad(|| (net.body.logits(x), taps::forward_batch(&net, &spec, x)));
@@ -59,8 +61,8 @@ fn check(arch: Arch) {
                 dl /= want_l.abs().max().double_value(&[]);
                 df /= want_f.abs().max().double_value(&[]);
             }
-            assert!(dl < 1e-4, "{} {size}px fold={fold}: logits differ by {dl:e}", arch.name());
-            assert!(df < 1e-4, "{} {size}px fold={fold}: features differ by {df:e}", arch.name());
+            assert!(dl < 1e-4, "{} {size}px fold={fold} fused={fused}: logits differ by {dl:e}", arch.name());
+            assert!(df < 1e-4, "{} {size}px fold={fold} fused={fused}: features differ by {df:e}", arch.name());
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::parse;
 use crate::data::{DatasetName, InputNorm, LabelSet};
 use crate::features::store::FeatureFormat;
-use crate::features::{BatchSize, BnSetting, Pool, Precision, Resize};
+use crate::features::{BatchSize, BnSetting, FusedConvs, Pool, Precision, Resize};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, Stem, WeightsSource};
 use crate::probe::{Normalize, Schedule, Solver};
@@ -88,6 +88,10 @@ pub struct ModelArgs {
     /// Fold BatchNorm into the preceding conv for extraction (same features, faster).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub fold_bn: bool,
+    /// CPU, fp32, folded BN: run ResNet convolutions as oneDNN's fused conv+ReLU(+add)
+    /// with pre-packed weights (auto), or as plain aten convolutions (off).
+    #[arg(long, value_enum, default_value_t = FusedConvs::Auto)]
+    pub fused: FusedConvs,
     /// Continue when features are NaN/Inf, all zero or identical for every image
     /// (by default that is an error naming the stage where it first appears).
     #[arg(long)]

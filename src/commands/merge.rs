@@ -116,5 +116,5 @@ fn check(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Manifest)>> {
 }
 
 /// Provenance columns that legitimately differ between shards.
-const VOLATILE: [&str; 7] =
-    ["shard", "extract_s", "images_per_s", "features_sha256", "threads", "batch_size", "device"];
+const VOLATILE: [&str; 8] =
+    ["shard", "extract_s", "images_per_s", "features_sha256", "threads", "batch_size", "device", "convs"];

@@ -55,6 +55,16 @@ impl Precision {
     }
 }
 
+/// `--fused`: whether CPU extraction may use oneDNN's fused convolutions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusedConvs {
+    /// Where they apply (CPU, fp32, folded BN, ResNets) and this libtorch runs them.
+    #[default]
+    Auto,
+    Off,
+}
+
 /// `--batch-size N|auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum BatchSize {

@@ -9,6 +9,6 @@ pub mod set;
 pub mod store;
 pub mod taps;
 
-pub use extract::{BatchSize, BnSetting, Features, Precision, Preprocess, Resize};
+pub use extract::{BatchSize, BnSetting, Features, FusedConvs, Precision, Preprocess, Resize};
 pub use set::{extract_features, ExtractConfig, FeatureSet};
 pub use taps::{FeatureSpec, Pool};

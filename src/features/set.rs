@@ -1,6 +1,8 @@
 //! A run's features: the validated extraction settings (`ExtractConfig`), and data →
 //! frozen network → train/test features (plus mirrored views) with their provenance.
-use super::extract::{self, BatchSize, BnSetting, Collect, Features, Feed, Precision, Preprocess, Resize, Sink};
+use super::extract::{
+    self, BatchSize, BnSetting, Collect, Features, Feed, FusedConvs, Precision, Preprocess, Resize, Sink,
+};
 use super::taps::FeatureSpec;
 use crate::data::{DataConfig, InputNorm};
 use crate::models::{frozen, ModelConfig, WeightsSource};
@@ -26,6 +28,9 @@ pub struct ExtractConfig {
     pub input_norm: InputNorm,
     pub bn: BnSetting,
     pub fold_bn: bool,
+    /// Speed only (features equal within float rounding), so not part of `identity`.
+    #[serde(default)]
+    pub fused: FusedConvs,
     /// Continue with NaN/Inf, all-zero or constant features (warn instead of failing).
     pub allow_degenerate: bool,
     pub features: FeatureSpec,
@@ -49,7 +54,7 @@ impl ExtractConfig {
     pub fn identity(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("a config serialises");
         let o = v.as_object_mut().expect("an object");
-        for k in ["compute", "batch_size", "allow_degenerate", "weights_mirror"] {
+        for k in ["compute", "batch_size", "allow_degenerate", "weights_mirror", "fused"] {
             o.remove(k);
         }
         if let Some(d) = o.get_mut("data").and_then(|d| d.as_object_mut()) {
@@ -186,6 +191,7 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         net.fold_batchnorm();
     }
     net.set_precision(cfg.precision.kind());
+    let fused = net.fuse(cfg.fused == FusedConvs::Auto);
     let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false };
     let flipped = Feed { flip: true, ..feed };
     let mut parts = vec![("train", &train, feed), ("test", &test, feed)];
@@ -211,7 +217,8 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     eprintln!("features: {feature_dim} dims, {extract_s:.1} s, {images_per_s:.1} images/s");
     let mut provenance = provenance(cfg, device);
     provenance.extend([
-        ("feature_dim".to_string(), feature_dim.to_string()),
+        ("convs".to_string(), if fused { "onednn-fused" } else { "aten" }.to_string()),
+        ("feature_dim".into(), feature_dim.to_string()),
         ("extract_s".into(), format!("{extract_s:.1}")),
         ("images_per_s".into(), format!("{images_per_s:.1}")),
         ("data_digest".into(), inputs.data_digest.clone()),

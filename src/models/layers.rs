@@ -1,6 +1,7 @@
 //! Building blocks whose variables live in a VarStore under torchvision's state-dict names.
 //! Variables are created as zeros; `init` draws their values afterwards, in torchvision's
 //! order, so a seed gives the same network as `torch.manual_seed(seed); torchvision.models.X()`.
+use super::fused::{FusedConv, Post};
 use tch::{nn, Tensor};
 
 /// What kind of layer a parameter belongs to, for the init schemes.
@@ -132,14 +133,56 @@ pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: Option<BatchNorm2d>,
     folded: Option<(Tensor, Tensor)>,
+    /// The folded weights as a oneDNN fused conv (CPU fp32 only, see `fuse`).
+    fused: Option<FusedConv>,
 }
 
 impl ConvBn {
     pub fn new(conv: Conv2d, bn: Option<BatchNorm2d>) -> Self {
-        ConvBn { conv, bn, folded: None }
+        ConvBn { conv, bn, folded: None, fused: None }
     }
 
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        self.forward_post(x, mode, Post::None)
+    }
+
+    /// relu(forward(x)), in one oneDNN op when fused.
+    pub fn forward_relu(&self, x: &Tensor, mode: BnMode) -> Tensor {
+        self.forward_post(x, mode, Post::Relu)
+    }
+
+    /// relu(forward(x) + shortcut): when fused, one op that writes into `shortcut`'s memory.
+    pub fn forward_add_relu(&self, x: &Tensor, mode: BnMode, mut shortcut: Tensor) -> Tensor {
+        if let Some(f) = self.fused_for(mode) {
+            if f.forward_add_relu_(x, &mut shortcut).is_ok() {
+                return shortcut;
+            }
+        }
+        (self.forward_aten(x, mode) + shortcut).relu_()
+    }
+
+    /// Whether `mode`'s forward runs the fused oneDNN ops (its inputs should be channels-last).
+    pub fn is_fused(&self, mode: BnMode) -> bool {
+        self.fused_for(mode).is_some()
+    }
+
+    fn fused_for(&self, mode: BnMode) -> Option<&FusedConv> {
+        self.fused.as_ref().filter(|_| mode == BnMode::Eval)
+    }
+
+    fn forward_post(&self, x: &Tensor, mode: BnMode, post: Post) -> Tensor {
+        // A failing fused call (an input the self-check did not cover) falls back to aten.
+        if let Some(Ok(y)) = self.fused_for(mode).map(|f| f.forward(x, post)) {
+            return y;
+        }
+        let mut y = self.forward_aten(x, mode);
+        match post {
+            Post::Relu => y.relu_(),
+            Post::None => y,
+        }
+    }
+
+    fn forward_aten(&self, x: &Tensor, mode: BnMode) -> Tensor {
         if let (Some((w, b)), BnMode::Eval) = (&self.folded, mode) {
             return x.conv2d(w, Some(b), [self.conv.stride; 2], [self.conv.padding; 2], [1, 1], 1);
         }
@@ -148,6 +191,15 @@ impl ConvBn {
             Some(bn) => bn.forward(&y, mode),
             None => y,
         }
+    }
+
+    /// Runs the folded fp32 weights through oneDNN's fused ops (the caller checks the
+    /// device, dtype and `fused::available`); off when not folded.
+    pub fn fuse(&mut self, on: bool) {
+        self.fused = match (&self.folded, on) {
+            (Some((w, b)), true) => Some(FusedConv::new(w, b, self.conv.padding, self.conv.stride)),
+            _ => None,
+        };
     }
 
     /// w' = w·scale (per output channel), b' = b·scale + shift; a conv without BN keeps
@@ -172,11 +224,13 @@ impl ConvBn {
                 }
             };
             self.folded = Some((channels_last(&w.detach()), b.detach()));
+            self.fused = None;
         });
     }
 
     /// Casts the folded weights (the VarStore casts the rest).
     pub fn cast(&mut self, kind: tch::Kind) {
+        self.fused = None;
         if let Some((w, b)) = &self.folded {
             self.folded = Some((channels_last(&w.to_kind(kind)), b.to_kind(kind)));
         }
@@ -184,6 +238,7 @@ impl ConvBn {
 
     pub fn unfold(&mut self) {
         self.folded = None;
+        self.fused = None;
     }
 
     pub fn sites(&self, out: &mut Vec<Site>) {

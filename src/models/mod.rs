@@ -1,6 +1,7 @@
 //! Frozen backbones with torchvision-exact structure, names and initialisation.
 pub mod checkpoint;
 pub mod frozen;
+pub mod fused;
 pub mod init;
 pub mod layers;
 pub mod pretrained;
@@ -325,6 +326,20 @@ impl Network {
     /// Whether `fold_batchnorm` ran (the frozen weights are then channels-last).
     pub fn is_folded(&self) -> bool {
         self.folded
+    }
+
+    /// oneDNN's fused convolutions for the folded weights where they apply: CPU, float32,
+    /// ResNets (VGG measured no faster), and a libtorch whose ops pass `fused::available`.
+    /// Returns whether they run.
+    pub fn fuse(&mut self, on: bool) -> bool {
+        let on = on
+            && self.folded
+            && self.device() == Device::Cpu
+            && self.kind() == tch::Kind::Float
+            && self.arch.family() == Family::ResNet
+            && fused::available();
+        self.body.units_mut().into_iter().for_each(|u| u.fuse(on));
+        on
     }
 
     pub fn unfold_batchnorm(&mut self) {

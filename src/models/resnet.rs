@@ -2,7 +2,7 @@
 //! torchvision's state-dict names, plus the CIFAR stem; and He et al.'s CIFAR ResNets
 //! (resnet20…110), which share the same blocks.
 use super::init::Family;
-use super::layers::{BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
+use super::layers::{channels_last, BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
 use super::{Backbone, Stem};
 use tch::{nn, Tensor};
 
@@ -83,24 +83,31 @@ impl Block {
         Block { units, downsample }
     }
 
-    fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
-        let last = self.units.len() - 1;
+    /// `x_shared`: someone else holds `x` (a tapped stage output), so a fused block must
+    /// not write its output into `x`'s memory.
+    fn forward(&self, x: &Tensor, mode: BnMode, x_shared: bool) -> Tensor {
+        let (last, rest) = self.units.split_last().expect("a block has convs");
         let mut y = x.shallow_clone();
-        for (i, unit) in self.units.iter().enumerate() {
-            y = unit.forward(&y, mode);
-            if i != last {
-                y = y.relu_();
-            }
+        for unit in rest {
+            y = unit.forward_relu(&y, mode);
         }
+        let fused = last.is_fused(mode);
         let shortcut = match &self.downsample {
+            Downsample::None if fused && x_shared => x.copy(),
             Downsample::None => x.shallow_clone(),
             Downsample::Projection(unit) => unit.forward(x, mode),
             Downsample::ZeroPad { stride, extra } => {
                 let s = x.slice(2, 0, None, *stride).slice(3, 0, None, *stride);
-                s.constant_pad_nd([0, 0, 0, 0, extra / 2, extra - extra / 2])
+                let s = s.constant_pad_nd([0, 0, 0, 0, extra / 2, extra - extra / 2]);
+                // The fused add reads the shortcut in the conv output's (channels-last) layout.
+                if fused {
+                    channels_last(&s)
+                } else {
+                    s
+                }
             }
         };
-        (y + shortcut).relu_()
+        last.forward_add_relu(&y, mode, shortcut)
     }
 
     /// Registration order, as `nn.Module.modules()` walks it: conv1, bn1, conv2, …, downsample.
@@ -185,14 +192,17 @@ impl Backbone for ResNet {
     }
 
     fn forward_stages(&self, x: &Tensor, mode: BnMode, until: usize) -> Vec<Tensor> {
-        let mut y = self.conv1.forward(x, mode).relu_();
+        // oneDNN's fused convs keep channels-last from the input on (dense, no reorders).
+        let x = if self.conv1.is_fused(mode) { channels_last(x) } else { x.shallow_clone() };
+        let mut y = self.conv1.forward_relu(&x, mode);
         if self.stem == Stem::Imagenet {
             y = y.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         let mut outs = Vec::new();
         for stage in self.layers.iter().take(until + 1) {
-            for block in stage {
-                y = block.forward(&y, mode);
+            for (i, block) in stage.iter().enumerate() {
+                // A stage's input is the previous stage's output, kept in `outs`.
+                y = block.forward(&y, mode, i == 0 && !outs.is_empty());
             }
             outs.push(y.shallow_clone());
         }

@@ -83,7 +83,7 @@ impl Backbone for Vgg {
         let mut outs = Vec::new();
         for block in self.blocks.iter().take(until + 1) {
             for unit in block {
-                y = unit.forward(&y, mode).relu_();
+                y = unit.forward_relu(&y, mode);
             }
             y = y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
             outs.push(y.shallow_clone());

@@ -1,0 +1,208 @@
+//! oneDNN's fused CPU convolutions for frozen, BN-folded fp32 weights: conv + ReLU, and a
+//! ResNet block's last conv + residual add + ReLU written in place into the shortcut, with
+//! weights pre-packed once into oneDNN's blocked layout. On ResNet-18 this measured
+//! 1.06–1.20× TorchScript's `freeze` + `optimize_for_inference` (which fuses the same way).
+//! The ops are libtorch's `mkldnn::_convolution_pointwise*`, reached through fused.cpp.
+use anyhow::{anyhow, Result};
+use std::cell::OnceCell;
+use std::sync::OnceLock;
+use tch::{Kind, Tensor};
+
+/// What a fused conv applies after the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Post {
+    Relu,
+    None,
+}
+
+impl Post {
+    fn attr(self) -> &'static std::ffi::CStr {
+        match self {
+            Post::Relu => c"relu",
+            Post::None => c"none",
+        }
+    }
+}
+
+#[cfg(cnnprobe_fused)]
+mod ffi {
+    use std::os::raw::{c_char, c_int};
+    use torch_sys::C_tensor;
+    extern "C" {
+        pub fn cnnprobe_fused_prepack(
+            out: *mut *mut C_tensor,
+            w: *const C_tensor,
+            padding: i64,
+            stride: i64,
+            input_size: *const i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        #[allow(clippy::too_many_arguments)]
+        pub fn cnnprobe_fused_conv(
+            out: *mut *mut C_tensor,
+            x: *const C_tensor,
+            w: *const C_tensor,
+            b: *const C_tensor,
+            padding: i64,
+            stride: i64,
+            attr: *const c_char,
+            other: *mut C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+    }
+}
+
+/// A build without libtorch's headers (no shim): the same calls, always failing.
+#[cfg(not(cnnprobe_fused))]
+#[allow(clippy::too_many_arguments)]
+mod ffi {
+    use std::os::raw::{c_char, c_int};
+    use torch_sys::C_tensor;
+    fn absent(err: *mut c_char, len: usize) -> c_int {
+        let msg = b"this build has no shim (libtorch not found at build time)\0";
+        // SAFETY: `err` holds `len` bytes (see `call`).
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr().cast(), err, msg.len().min(len)) };
+        1
+    }
+    pub unsafe fn cnnprobe_fused_prepack(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        _: i64,
+        _: i64,
+        _: *const i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
+    pub unsafe fn cnnprobe_fused_conv(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: i64,
+        _: i64,
+        _: *const c_char,
+        _: *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
+}
+
+/// Runs one shim call with an error buffer; Err carries the C++ exception's message.
+fn call(f: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32) -> Result<()> {
+    let mut err = vec![0u8; 1024];
+    if f(err.as_mut_ptr().cast(), err.len()) == 0 {
+        return Ok(());
+    }
+    let msg = std::ffi::CStr::from_bytes_until_nul(&err).map(|s| s.to_string_lossy().into_owned());
+    // The first line: libtorch appends a C++ backtrace.
+    Err(anyhow!("oneDNN fused conv: {}", msg.unwrap_or_default().lines().next().unwrap_or("")))
+}
+
+/// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).
+fn prepack(w: &Tensor, padding: i64, stride: i64, input_size: &[i64]) -> Result<Tensor> {
+    let size: [i64; 4] = input_size.try_into().map_err(|_| anyhow!("fused conv: input is not 4-d"))?;
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the shim reads `w` and `size` and writes one new tensor into `out`.
+    call(|err, len| unsafe {
+        ffi::cnnprobe_fused_prepack(&mut out, w.as_ptr(), padding, stride, size.as_ptr(), err, len)
+    })?;
+    // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// One conv's folded weights, packed on first use (the input shape is known only then).
+pub struct FusedConv {
+    weight: Tensor,
+    bias: Tensor,
+    padding: i64,
+    stride: i64,
+    packed: OnceCell<Tensor>,
+}
+
+impl FusedConv {
+    pub fn new(weight: &Tensor, bias: &Tensor, padding: i64, stride: i64) -> FusedConv {
+        let bias = bias.contiguous();
+        FusedConv { weight: weight.contiguous(), bias, padding, stride, packed: OnceCell::new() }
+    }
+
+    fn packed(&self, x: &Tensor) -> Result<&Tensor> {
+        if let Some(w) = self.packed.get() {
+            return Ok(w);
+        }
+        let w = prepack(&self.weight, self.padding, self.stride, &x.size())?;
+        Ok(self.packed.get_or_init(|| w))
+    }
+
+    /// post(conv(x) + bias), channels-last like `x`.
+    pub fn forward(&self, x: &Tensor, post: Post) -> Result<Tensor> {
+        self.run(x, post, None).map(|y| y.expect("a new tensor"))
+    }
+
+    /// shortcut ← relu(conv(x) + bias + shortcut), in place: the block's output reuses the
+    /// shortcut's memory instead of a fresh activation.
+    pub fn forward_add_relu_(&self, x: &Tensor, shortcut: &mut Tensor) -> Result<()> {
+        self.run(x, Post::Relu, Some(shortcut)).map(|_| ())
+    }
+
+    fn run(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
+        let w = self.packed(x)?;
+        let other = other.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
+        let mut out = std::ptr::null_mut();
+        let (b, attr) = (self.bias.as_ptr(), post.attr().as_ptr());
+        // SAFETY: the shim reads x, w, bias, writes `other` in place or one new tensor to `out`.
+        call(|err, len| unsafe {
+            ffi::cnnprobe_fused_conv(
+                &mut out,
+                x.as_ptr(),
+                w.as_ptr(),
+                b,
+                self.padding,
+                self.stride,
+                attr,
+                other,
+                err,
+                len,
+            )
+        })?;
+        // SAFETY: a non-null `out` is a heap at::Tensor the shim gave up.
+        Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+    }
+}
+
+/// Whether this libtorch runs the fused ops correctly, checked once per process on a tiny
+/// conv against aten's: a libtorch without them (or one that errors) keeps the aten path.
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let r = tch::no_grad(self_check);
+        if let Err(e) = &r {
+            if std::env::var_os("CNNPROBE_DEBUG").is_some() {
+                eprintln!("debug: fused convolutions off: {e:#}");
+            }
+        }
+        r.is_ok()
+    })
+}
+
+fn self_check() -> Result<()> {
+    let opts = (Kind::Float, tch::Device::Cpu);
+    let x = Tensor::randn([2, 4, 5, 5], opts).contiguous().permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+    let (w, b) = (Tensor::randn([4, 4, 3, 3], opts), Tensor::randn([4], opts));
+    let conv = FusedConv::new(&w, &b, 1, 1);
+    let want = x.conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1);
+    let relu = conv.forward(&x, Post::Relu)?;
+    let mut sum = x.copy();
+    conv.forward_add_relu_(&x, &mut sum)?;
+    let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-4, 1e-4, false);
+    if close(&relu, &want.relu()) && close(&sum, &(want + &x).relu()) {
+        Ok(())
+    } else {
+        Err(anyhow!("fused conv: results differ from aten's conv2d"))
+    }
+}
