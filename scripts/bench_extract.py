@@ -28,7 +28,7 @@ CASES = [
     ("resnet50-imagenet-stem-32px", ["--arch", "resnet50", "--stem", "imagenet"], 10000),
     ("vgg11_bn-cifar-stem", ["--arch", "vgg11_bn", "--stem", "cifar"], 10000),
     # --preset random-best's network and taps (src/cli/presets.rs), without the mirrored views.
-    ("random-best-vgg11x4-block1:4,block2:2",
+    ("random-best-vgg11x4-block1:4+block2:2",
      ["--arch", "vgg11", "--stem", "cifar", "--width-mult", "4", "--features", "block1:4,block2:2"], 2000),
 ]
 PATHS = ["eager", "eager_cl_fold", "compile", "ts"]

@@ -336,7 +336,7 @@ impl Network {
             && self.folded
             && self.device() == Device::Cpu
             && self.kind() == tch::Kind::Float
-            && self.arch.family() == Family::ResNet
+            && matches!(self.arch.family(), Family::ResNet | Family::Vgg)
             && fused::available();
         self.body.units_mut().into_iter().for_each(|u| u.fuse(on));
         on

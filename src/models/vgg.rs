@@ -1,7 +1,7 @@
 //! torchvision's VGG (configurations A, B, D, E = vgg11/13/16/19, with or without BN),
 //! with torchvision's state-dict names (`features.N`, `classifier.0/3/6`).
 use super::init::Family;
-use super::layers::{BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
+use super::layers::{channels_last, BatchNorm2d, BnMode, Conv2d, ConvBn, Linear, Site};
 use super::{scaled, Backbone, Stem};
 use tch::{nn, Tensor};
 
@@ -79,7 +79,8 @@ impl Backbone for Vgg {
     }
 
     fn forward_stages(&self, x: &Tensor, mode: BnMode, until: usize) -> Vec<Tensor> {
-        let mut y = x.shallow_clone();
+        // oneDNN's fused convolutions keep the layout they are given: start channels-last.
+        let mut y = if self.blocks[0][0].is_fused(mode) { channels_last(x) } else { x.shallow_clone() };
         let mut outs = Vec::new();
         for block in self.blocks.iter().take(until + 1) {
             for unit in block {
