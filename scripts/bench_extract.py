@@ -123,7 +123,7 @@ for line in sys.stdin:  # one repetition per line from the parent: "0" forward o
 def run_cnnprobe(a, flags, limit, work):
     """One `cnnprobe extract` process: (images/s, feature dim, peak RSS MiB, path that ran)."""
     cmd = [a.cnnprobe, "extract", "--data", a.data, "--device", "cpu", "--threads", str(a.threads),
-           "--batch-size", str(a.batch_size), "--format", "npy", "--output", work, "--limit", str(limit), *flags]
+           "--batch-size", str(a.batch_size), "--fused", "auto", "--format", "npy", "--output", work, "--limit", str(limit), *flags]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = p.stderr.read()
     # wait4: this child's own peak RSS.

@@ -88,9 +88,10 @@ pub struct ModelArgs {
     /// Fold BatchNorm into the preceding conv for extraction (same features, faster).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub fold_bn: bool,
-    /// CPU, fp32, folded BN: run ResNet convolutions as oneDNN's fused conv+ReLU(+add)
-    /// with pre-packed weights (auto), or as plain aten convolutions (off).
-    #[arg(long, value_enum, default_value_t = FusedConvs::Auto)]
+    /// CPU, fp32, folded BN: run the convolutions as oneDNN's fused conv+ReLU(+add) with
+    /// pre-packed weights (auto; faster, but its ReLU turns NaN into 0, hiding a network that
+    /// overflowed from the health check), or as plain aten convolutions (off).
+    #[arg(long, value_enum, default_value_t = FusedConvs::Off)]
     pub fused: FusedConvs,
     /// Continue when features are NaN/Inf, all zero or identical for every image
     /// (by default that is an error naming the stage where it first appears).

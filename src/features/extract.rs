@@ -55,13 +55,15 @@ impl Precision {
     }
 }
 
-/// `--fused`: whether CPU extraction may use oneDNN's fused convolutions.
+/// `--fused`: whether CPU extraction may use oneDNN's fused convolutions. Off by default:
+/// oneDNN's fused ReLU maps NaN to 0, so a network that overflowed would yield finite
+/// features the health check cannot flag (aten's ReLU keeps the NaN; tests/reliability.rs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FusedConvs {
-    /// Where they apply (CPU, fp32, folded BN, ResNets) and this libtorch runs them.
-    #[default]
+    /// Where they apply (CPU, fp32, folded BN) and this libtorch runs them.
     Auto,
+    #[default]
     Off,
 }
 

@@ -328,16 +328,12 @@ impl Network {
         self.folded
     }
 
-    /// oneDNN's fused convolutions for the folded weights where they apply: CPU, float32,
-    /// ResNets (VGG measured no faster), and a libtorch whose ops pass `fused::available`.
-    /// Returns whether they run.
+    /// oneDNN's fused convolutions for the folded weights where they apply: CPU, float32, and
+    /// a libtorch whose ops pass `fused::available` (every family: ResNet and VGG). Returns
+    /// whether they run.
     pub fn fuse(&mut self, on: bool) -> bool {
-        let on = on
-            && self.folded
-            && self.device() == Device::Cpu
-            && self.kind() == tch::Kind::Float
-            && matches!(self.arch.family(), Family::ResNet | Family::Vgg)
-            && fused::available();
+        let on =
+            on && self.folded && self.device() == Device::Cpu && self.kind() == tch::Kind::Float && fused::available();
         self.body.units_mut().into_iter().for_each(|u| u.fuse(on));
         on
     }
