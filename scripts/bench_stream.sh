@@ -117,13 +117,13 @@ for n in "${sizes[@]}"; do
       awk -F: '{s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s}')
     ips=$(sed -n 's/.*features: [0-9]* dims, [0-9.]* s, \([0-9.]*\) images\/s.*/\1/p' "$log" | tail -n 1)
     read -r images dim feat_bytes < <("$py" -c '
-  import glob, json, sys
-  import numpy as np
-  d = sys.argv[1]
-  m = json.load(open(d + "/features.json"))
-  files = glob.glob(d + "/*_features.npy")
-  nbytes = sum(np.load(f, mmap_mode="r").nbytes for f in files) if files else (m["n_train"] + m["n_test"]) * m["feature_dim"] * 4
-  print(m["n_train"] + m["n_test"], m["feature_dim"], nbytes)' "$out")
+import glob, json, sys
+import numpy as np
+d = sys.argv[1]
+m = json.load(open(d + "/features.json"))
+files = glob.glob(d + "/*_features.npy")
+nbytes = sum(np.load(f, mmap_mode="r").nbytes for f in files) if files else (m["n_train"] + m["n_test"]) * m["feature_dim"] * 4
+print(m["n_train"] + m["n_test"], m["feature_dim"], nbytes)' "$out")
     if [[ -z $rss_kb || -z $wall || -z $ips ]]; then
       echo "error: could not read peak RSS, wall time or images/s from $tv and $log" >&2
       exit 1
