@@ -3,7 +3,6 @@
 use crate::config::MergeJob;
 use crate::features::export::Export;
 use crate::features::extract::Sink;
-use crate::features::set::PARTS;
 use crate::features::store::{self, Manifest};
 use crate::util::progress;
 use anyhow::{bail, Context, Result};
@@ -13,17 +12,12 @@ pub fn merge(job: &MergeJob) -> Result<()> {
     let shards = check(&job.shards)?;
     let first = &shards[0].1;
     let mut export = Export::create(&job.dir, first.format)?;
-    let rows = |part: &str, m: &Manifest| match part {
-        "train" | "train_flip" => m.n_train,
-        _ => m.n_test,
-    };
-    let present = |part: &str| match part {
-        "train_flip" => first.hflip,
-        "test_flip" => first.hflip_test,
-        _ => true,
-    };
-    for part in PARTS.into_iter().filter(|p| present(p)) {
-        let total: i64 = shards.iter().map(|(_, m)| rows(part, m)).sum();
+    // Every shard holds the parts the first one does (same settings), in PARTS order.
+    for (part, _) in store::expected_parts(first) {
+        let total: i64 = shards
+            .iter()
+            .map(|(_, m)| store::expected_parts(m).into_iter().find(|(p, _)| *p == part).map_or(0, |(_, n)| n))
+            .sum();
         let bar = progress::rows(total as u64, &format!("merge {part}"));
         export.begin(part, total as usize, first.feature_dim)?;
         for (dir, m) in &shards {
@@ -40,8 +34,7 @@ pub fn merge(job: &MergeJob) -> Result<()> {
         bar.finish_and_clear();
     }
     let secs: f64 = shards.iter().filter_map(|(_, m)| column(m, "extract_s")?.parse::<f64>().ok()).sum();
-    let images: i64 =
-        shards.iter().map(|(_, m)| m.n_train * (1 + m.hflip as i64) + m.n_test * (1 + m.hflip_test as i64)).sum();
+    let images: i64 = shards.iter().flat_map(|(_, m)| store::expected_parts(m)).map(|(_, n)| n).sum();
     let mut provenance = first.provenance.clone();
     provenance.retain(|(k, _)| k != "shard");
     for (k, v) in provenance.iter_mut() {

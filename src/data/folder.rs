@@ -125,11 +125,6 @@ impl FileSplit {
         self.skipped.lock().unwrap_or_else(|e| e.into_inner()).range(self.range.clone()).count()
     }
 
-    /// All labels of the split, in order (before any image is skipped).
-    pub fn labels(&self) -> Vec<i64> {
-        self.files[self.range.clone()].iter().map(|(_, y)| *y).collect()
-    }
-
     /// Decodes items `idx` (relative to the split) into one batch; unreadable images are
     /// skipped with a warning under `--skip-bad-images`, else an error naming the file.
     pub fn get(&self, idx: &[usize]) -> Result<Split> {

@@ -101,11 +101,7 @@ impl Source {
                     Ok(Split { images: s.images.narrow(0, start, len), labels: s.labels.narrow(0, start, len) })
                 }))
             }
-            Source::Files(f) => {
-                let f = f.clone();
-                let job = move |k: usize| f.get(&range(k).collect::<Vec<_>>());
-                Box::new(stream::Ordered::new(n.div_ceil(size), workers, 2 * workers.max(1), job))
-            }
+            Source::Files(_) => self.batches_of((0..n).collect(), size, workers),
         }
     }
 

@@ -223,7 +223,7 @@ fn write_csv(path: &Path, set: &FeatureSet) -> Result<()> {
 }
 
 /// The parts features.json promises, by file-name prefix, with their row counts.
-fn expected_parts(m: &Manifest) -> Vec<(&'static str, i64)> {
+pub fn expected_parts(m: &Manifest) -> Vec<(&'static str, i64)> {
     let mut parts = vec![("train", m.n_train), ("test", m.n_test)];
     if m.hflip {
         parts.push(("train_flip", m.n_train));
