@@ -25,23 +25,85 @@ pub fn make_public(path: &Path) -> Result<()> {
 
 /// Writes `path` through a temp file in the same directory, renamed into place only after
 /// `write` succeeded and the data is flushed. On any error the temp file is removed.
+///
+/// Where the filesystem allows it the file has no name while it is written (Linux's
+/// O_TMPFILE): a run killed with SIGKILL, which no handler sees, then leaves nothing behind.
+/// It is linked under a temp name only for the moment before the rename.
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
 {
     let dir = parent_dir(path);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name(path)))
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    let Some(mut file) = unnamed_file_in(&dir) else { return write_atomic_named(path, &dir, write) };
+    fill(&mut file, path, write)?;
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))?;
+    let tmp = link_unnamed(&file, &dir, path)?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::Error::from(e).context(format!("cannot move the finished file into place at {}", path.display()))
+    })
+}
+
+/// `write`, then flush and fsync.
+fn fill<F>(file: &mut File, path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
+{
     {
-        let mut w = BufWriter::new(tmp.as_file_mut());
+        let mut w = BufWriter::new(&mut *file);
         write(&mut w).with_context(|| format!("writing {}", path.display()))?;
         w.flush().with_context(|| format!("writing {}", path.display()))?;
     }
-    tmp.as_file().sync_all().with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", path.display()))
+}
+
+/// An unnamed file in `dir`, or None where O_TMPFILE is unsupported (the named path runs).
+fn unnamed_file_in(dir: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir).ok()
+}
+
+/// Gives an O_TMPFILE file a temp name in `dir` (linkat through /proc/self/fd, which needs
+/// no privilege), retrying past a name a killed process left.
+fn link_unnamed(file: &File, dir: &Path, path: &Path) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let proc_fd = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{}.{n}.tmp", file_name(path), std::process::id()));
+        let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_bytes())?;
+        // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+        let rc = unsafe {
+            libc::linkat(libc::AT_FDCWD, proc_fd.as_ptr(), libc::AT_FDCWD, c_tmp.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+        };
+        if rc == 0 {
+            return Ok(tmp);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(anyhow::Error::from(e).context(format!("cannot name the finished file {}", path.display())));
+        }
+    }
+    anyhow::bail!("cannot name the finished file {}: every temp name is taken", path.display())
+}
+
+/// write_atomic through a named temp file (removed on error, not on SIGKILL).
+fn write_atomic_named<F>(path: &Path, dir: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
+{
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name(path)))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    fill(tmp.as_file_mut(), path, write)?;
     make_public(tmp.path())?;
     tmp.persist(path)
         .map_err(|e| e.error)
@@ -205,6 +267,22 @@ mod tests {
         let p = dir.path().join("r.csv");
         write_atomic(&p, |w| Ok(w.write_all(b"a\n")?)).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn a_file_being_written_has_no_name_a_kill_could_leave() {
+        // O_TMPFILE (tmpfs, ext4, xfs, btrfs): nothing in the directory until the rename.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        write_atomic(&p, |w| {
+            w.write_all(b"{}")?;
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "a named temp file exists mid-write");
+            Ok(())
+        })
+        .unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["config.json"]);
+        assert_eq!(fs::read(&p).unwrap(), b"{}");
     }
 
     #[test]
