@@ -275,3 +275,43 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn fused_convolutions_keep_the_nans_of_an_overflowing_network() {
+    // oneDNN's fused ReLU maps NaN to 0; the flag guard must rerun such a batch on aten's
+    // ops, so both paths write the same bytes, NaNs included.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 10, 10);
+    let run = |fused: &str| {
+        let out = tmp.path().join(fused);
+        let args = [
+            "extract",
+            "--data",
+            data.to_str().unwrap(),
+            "--arch",
+            "vgg19",
+            "--stem",
+            "cifar",
+            "--init",
+            "normal:1000",
+            "--allow-degenerate",
+            "--device",
+            "cpu",
+            "--fused",
+            fused,
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        let o = cnnprobe(tmp.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("features.json")).unwrap()).unwrap();
+        let prov = m["provenance"].as_array().unwrap();
+        let convs = prov.iter().find(|kv| kv[0] == "convs").unwrap()[1].as_str().unwrap().to_string();
+        (convs, std::fs::read(out.join("train_features.npy")).unwrap())
+    };
+    let (fused_convs, fused) = run("auto");
+    let (aten_convs, aten) = run("off");
+    assert_eq!((fused_convs.as_str(), aten_convs.as_str()), ("onednn-fused", "aten"));
+    assert!(fused == aten, "the fused run's features differ from aten's");
+}

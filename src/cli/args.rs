@@ -89,9 +89,9 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub fold_bn: bool,
     /// CPU, fp32, folded BN: run the convolutions as oneDNN's fused conv+ReLU(+add) with
-    /// pre-packed weights (auto; faster, but its ReLU turns NaN into 0, hiding a network that
-    /// overflowed from the health check), or as plain aten convolutions (off).
-    #[arg(long, value_enum, default_value_t = FusedConvs::Off)]
+    /// pre-packed weights (auto; a batch that raised an overflow or invalid-operation flag is
+    /// rerun on aten's, so a NaN is never hidden), or as plain aten convolutions (off).
+    #[arg(long, value_enum, default_value_t = FusedConvs::Auto)]
     pub fused: FusedConvs,
     /// Continue when features are NaN/Inf, all zero or identical for every image
     /// (by default that is an error naming the stage where it first appears).

@@ -1,7 +1,7 @@
 //! The batched extraction loop (uint8 batches go to the device, are converted and
 //! normalised there, and pooled features land in a preallocated CPU matrix), BatchNorm
 //! calibration, and the numerical health check of the result.
-use super::taps::{feature_dim, forward, resolve, FeatureSpec};
+use super::taps::{feature_dim, forward_eval, resolve, FeatureSpec};
 use crate::data::normalize::ChannelStats;
 use crate::data::{split, Source};
 use crate::models::layers::BnMode;
@@ -55,15 +55,15 @@ impl Precision {
     }
 }
 
-/// `--fused`: whether CPU extraction may use oneDNN's fused convolutions. Off by default:
-/// oneDNN's fused ReLU maps NaN to 0, so a network that overflowed would yield finite
-/// features the health check cannot flag (aten's ReLU keeps the NaN; tests/reliability.rs).
+/// `--fused`: whether CPU extraction may use oneDNN's fused convolutions. Their ReLU maps
+/// NaN to 0 where aten's keeps it, so a fused batch whose floating-point flags show an
+/// overflow or invalid operation is rerun on aten's ops (`taps::forward_eval`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FusedConvs {
     /// Where they apply (CPU, fp32, folded BN) and this libtorch runs them.
-    Auto,
     #[default]
+    Auto,
     Off,
 }
 
@@ -357,8 +357,8 @@ pub fn extract(
                 let (f, used) = with_backoff(size.min((m - i) as usize), |len| {
                     let x = images.narrow(0, i, len as i64);
                     match feed.batch_size {
-                        BatchSize::Fixed(_) => Ok(forward(net, &norm.apply(&x), spec, &taps, BnMode::Eval)),
-                        BatchSize::Auto => catch_torch(|| forward(net, &norm.apply(&x), spec, &taps, BnMode::Eval)),
+                        BatchSize::Fixed(_) => Ok(forward_eval(net, &norm.apply(&x), spec, &taps)),
+                        BatchSize::Auto => catch_torch(|| forward_eval(net, &norm.apply(&x), spec, &taps)),
                     }
                 })?;
                 size = size.min(used.max(1));
@@ -451,7 +451,8 @@ pub fn check_health(net: &Network, pre: Preprocess, source: &Source, health: &He
     let images = source.get(&first)?.images;
     let first = tch::no_grad(|| {
         let x = Normalizer::new(pre, net.device()).apply(&images);
-        let stages = net.body.forward_stages(&x, BnMode::Eval, names.len() - 1);
+        // aten's ops: a fused ReLU would hide the NaN being located.
+        let stages = net.body.forward_stages(&x, BnMode::EvalAten, names.len() - 1);
         stages
             .iter()
             .position(|s| Health::of(&s.flatten(1, -1).to_kind(Kind::Float)).problem().is_some())

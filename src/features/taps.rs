@@ -1,6 +1,6 @@
 //! Which stages to tap and how each is pooled into the feature vector.
 use crate::models::layers::BnMode;
-use crate::models::Network;
+use crate::models::{fused, Network};
 use crate::UsageError;
 use anyhow::Result;
 use clap::ValueEnum;
@@ -83,6 +83,25 @@ pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64
     Ok(taps)
 }
 
+/// The frozen network's features of a batch, exact whatever the convolutions: a fused
+/// forward pass after which `fused::fp_raised` reports an invalid operation or overflow
+/// (oneDNN's ReLU may then have turned a NaN into 0) is rerun on aten's ops, and so is a
+/// batch with a non-finite pixel (a NaN crosses a convolution without raising a flag).
+pub(crate) fn forward_eval(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)]) -> Tensor {
+    if !net.is_fused() {
+        return forward(net, x, spec, taps, BnMode::Eval);
+    }
+    fused::fp_raised(); // clears flags left by earlier work
+    let y = forward(net, x, spec, taps, BnMode::Eval);
+    if !fused::fp_raised() && bool::try_from(x.isfinite().all()).unwrap_or(false) {
+        return y;
+    }
+    if std::env::var_os("CNNPROBE_DEBUG").is_some() {
+        eprintln!("debug: floating-point flags raised in a fused batch; rerun on aten's convolutions");
+    }
+    forward(net, x, spec, taps, BnMode::EvalAten)
+}
+
 /// The feature vector of a batch, under `mode`.
 pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
     let last_needed = net.body.stage_names().len() - 1;
@@ -122,7 +141,7 @@ fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
 /// Features of an already normalised float batch (parity checks, library users).
 pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Tensor> {
     let taps = resolve(net, spec)?;
-    Ok(tch::no_grad(|| forward(net, x, spec, &taps, BnMode::Eval)))
+    Ok(tch::no_grad(|| forward_eval(net, x, spec, &taps)))
 }
 
 /// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails

@@ -4,7 +4,10 @@
 // at link time. Tensors cross as at::Tensor* (tch's C_tensor); every C++ exception becomes
 // an error string for Rust.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <atomic>
+#include <cfenv>
 #include <cstring>
 #include <vector>
 
@@ -65,6 +68,24 @@ int cnnprobe_fused_conv(at::Tensor** out, const at::Tensor* x, const at::Tensor*
     set_error(err, err_len, e.what());
     return 1;
   }
+}
+
+// Whether an invalid operation (the only source of a NaN from finite numbers) or an overflow
+// happened on this thread or any intra-op (OpenMP) thread since the last call; clears the
+// flags either way. IEEE's sticky status flags are per thread, so each pool thread reads
+// its own: at::parallel_for over [0, threads) with grain 1 gives every thread one index.
+int cnnprobe_fp_raised() {
+  std::atomic<int> raised{0};
+  auto visit = [&raised] {
+    if (std::fetestexcept(FE_INVALID | FE_OVERFLOW)) raised = 1;
+    std::feclearexcept(FE_ALL_EXCEPT);
+  };
+  visit();
+  const int64_t n = at::get_num_threads();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) visit();
+  });
+  return raised.load();
 }
 
 }  // extern "C"

@@ -51,6 +51,7 @@ mod ffi {
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
+        pub fn cnnprobe_fp_raised() -> c_int;
     }
 }
 
@@ -91,6 +92,10 @@ mod ffi {
     ) -> c_int {
         absent(err, len)
     }
+    /// Nothing runs fused without the shim; "raised" keeps any caller on the exact path.
+    pub unsafe fn cnnprobe_fp_raised() -> c_int {
+        1
+    }
 }
 
 /// Runs one shim call with an error buffer; Err carries the C++ exception's message.
@@ -102,6 +107,18 @@ fn call(f: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32) -> Result<()> {
     let msg = std::ffi::CStr::from_bytes_until_nul(&err).map(|s| s.to_string_lossy().into_owned());
     // The first line: libtorch appends a C++ backtrace.
     Err(anyhow!("oneDNN fused conv: {}", msg.unwrap_or_default().lines().next().unwrap_or("")))
+}
+
+/// Whether a floating-point invalid operation or overflow happened on the calling thread or
+/// libtorch's CPU thread pool since the last call (the flags are cleared either way).
+///
+/// Why: oneDNN's fused ReLU is max(x, 0), which maps a NaN to 0, where aten's ReLU keeps
+/// it. A NaN can arise from finite inputs and weights only through an invalid operation
+/// (inf − inf, inf·0), which raises IEEE's sticky flag, so a clean flag after a fused
+/// forward pass proves the fused result equals aten's, NaN-faithfulness included.
+pub fn fp_raised() -> bool {
+    // SAFETY: no arguments; the shim only reads and clears floating-point status flags.
+    unsafe { ffi::cnnprobe_fp_raised() != 0 }
 }
 
 /// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).

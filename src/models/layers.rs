@@ -25,6 +25,9 @@ pub struct Site {
 pub enum BnMode {
     /// Frozen: normalise with the running statistics.
     Eval,
+    /// Eval on aten's ops even where oneDNN's fused ones are built: what a fused batch is
+    /// rerun on when `fused::fp_raised` says its NaNs may have been hidden.
+    EvalAten,
     /// Calibration: normalise with batch statistics and fold them into the running
     /// statistics with this momentum (1/(k+1) on batch k gives the cumulative average).
     Calibrate { momentum: f64 },
@@ -85,7 +88,7 @@ impl BatchNorm2d {
 
     pub fn forward(&self, x: &Tensor, mode: BnMode) -> Tensor {
         let (training, momentum) = match mode {
-            BnMode::Eval => (false, 0.0),
+            BnMode::Eval | BnMode::EvalAten => (false, 0.0),
             BnMode::Calibrate { momentum } => (true, momentum),
         };
         Tensor::batch_norm(
@@ -183,7 +186,7 @@ impl ConvBn {
     }
 
     fn forward_aten(&self, x: &Tensor, mode: BnMode) -> Tensor {
-        if let (Some((w, b)), BnMode::Eval) = (&self.folded, mode) {
+        if let (Some((w, b)), BnMode::Eval | BnMode::EvalAten) = (&self.folded, mode) {
             return x.conv2d(w, Some(b), [self.conv.stride; 2], [self.conv.padding; 2], [1, 1], 1);
         }
         let y = self.conv.forward(x);

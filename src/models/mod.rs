@@ -221,6 +221,7 @@ pub struct Network {
     pub body: Box<dyn Backbone>,
     pub arch: Arch,
     folded: bool,
+    fused: bool,
 }
 
 impl Network {
@@ -260,7 +261,7 @@ impl Network {
         }
         drop(_draws);
         vs.freeze();
-        Ok(Network { vs, body, arch: cfg.arch, folded: false })
+        Ok(Network { vs, body, arch: cfg.arch, folded: false, fused: false })
     }
 
     /// Builds on the CPU (see `build`) and moves the frozen network to `device`.
@@ -304,6 +305,7 @@ impl Network {
             _ => self.vs.bfloat16(),
         }
         self.body.units_mut().into_iter().for_each(|u| u.cast(kind));
+        self.fused = false;
     }
 
     /// The dtype the network computes in.
@@ -321,6 +323,7 @@ impl Network {
     pub fn fold_batchnorm(&mut self) {
         self.body.units_mut().into_iter().for_each(|u| u.fold());
         self.folded = true;
+        self.fused = false;
     }
 
     /// Whether `fold_batchnorm` ran (the frozen weights are then channels-last).
@@ -335,12 +338,19 @@ impl Network {
         let on =
             on && self.folded && self.device() == Device::Cpu && self.kind() == tch::Kind::Float && fused::available();
         self.body.units_mut().into_iter().for_each(|u| u.fuse(on));
+        self.fused = on;
         on
+    }
+
+    /// Whether `fuse` turned the fused convolutions on (Eval forwards then run them).
+    pub fn is_fused(&self) -> bool {
+        self.fused
     }
 
     pub fn unfold_batchnorm(&mut self) {
         self.body.units_mut().into_iter().for_each(|u| u.unfold());
         self.folded = false;
+        self.fused = false;
     }
 
     /// All BatchNorm layers.
