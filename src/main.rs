@@ -2,11 +2,12 @@
 //! exit 2 for usage errors (clap's code, and bad flag combinations), 130 after a signal,
 //! 1 for the rest.
 use cnnprobe::cli::Cli;
-use cnnprobe::util::interrupt;
+use cnnprobe::util::{interrupt, libtorch};
 use cnnprobe::{commands, UsageError};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    libtorch::prefer_huge_pages();
     let cli = Cli::from_env();
     interrupt::install();
     let job = match cli.into_job() {
