@@ -1,6 +1,6 @@
 //! SIGINT/SIGTERM: long loops poll `check()` and return an "interrupted" error, so the
 //! error path runs and every temp file is removed by its owner's Drop. A second signal
-//! exits at once.
+//! exits at once, without cleanup.
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -11,7 +11,10 @@ pub const INTERRUPTED: &str = "interrupted by a signal; partial outputs were rem
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            // _exit, not exit: exit's static destructors would tear libtorch down under the
+            // main thread, which then dies in a libtorch assertion instead of quietly.
+            // SAFETY: _exit only ends the process.
+            unsafe { libc::_exit(130) };
         }
     });
 }
