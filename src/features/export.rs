@@ -5,7 +5,7 @@ use super::extract::Sink;
 use super::npy;
 use super::set::PARTS;
 use super::store::{file_names, FeatureFormat, Manifest, ShardInfo};
-use crate::util::digest::hex;
+use crate::util::digest::{self, hex};
 use crate::util::files::write_json;
 use crate::util::progress;
 use anyhow::{bail, ensure, Context, Result};
@@ -194,9 +194,8 @@ fn hash_range(path: &Path, (a, b): (u64, u64), h: &mut Sha256, bar: &ProgressBar
 }
 
 fn file_sha256(path: &Path, bar: &ProgressBar) -> Result<String> {
-    let mut h = Sha256::new();
-    hash_range(path, (0, u64::MAX), &mut h, bar)?;
-    Ok(hex(&h.finalize()))
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    digest::read_sha256(bar.wrap_read(f)).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The content digest of a CSV export: its numbers parsed back, part by part.

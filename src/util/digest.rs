@@ -15,9 +15,14 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// sha256 of a file's bytes.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    read_sha256(f).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The sha256 of everything `r` yields (a file wrapped in a progress bar, say).
+pub fn read_sha256(mut r: impl io::Read) -> io::Result<String> {
     let mut h = Sha256::new();
-    io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    io::copy(&mut r, &mut h)?;
     Ok(hex(&h.finalize()))
 }
 
