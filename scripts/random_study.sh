@@ -68,6 +68,10 @@ if [[ $stage == all || $stage == screen ]]; then
   # (base + flip views at train and test time).
   screen stack-hflip-test+bn-calibrate:5000 --arch vgg11_bn --stem cifar --width-mult 4 \
     --features block1:4,block2:2 --bn calibrate:5000 --hflip --hflip-test
+  # No-gradient track (issue 13): image ZCA fitted on the train images (never their labels),
+  # on top of the recipe. The table labels each row's track from its settings.
+  screen nograd-zca:0.1+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.1
+  screen nograd-zca:0.01+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.01
 fi
 
 # Finalists: the preset, three seeds, scored on test once each.

@@ -21,6 +21,15 @@ def flips(r):
     return "train" if r.get("hflip") == "true" else "none"
 
 
+def track(r):
+    """Issue 13's tracks: "no-gradient" when a step used train images (BN statistics
+    calibrated on them, ZCA whitening fitted on them), else "data-free" (weights drawn from a
+    distribution; the probe alone sees data)."""
+    if r.get("bn", "").startswith("calibrate") or r.get("whiten", "none") not in ("", "none"):
+        return "no-gradient"
+    return "data-free"
+
+
 def pct(v):
     return f"{100 * float(v):.2f}" if v else ""
 
@@ -29,13 +38,13 @@ def main(path):
     rows = list(csv.DictReader(open(path, newline="")))
     screen = [r for r in rows if r["val_only"] == "true"]
     base = next((float(r["val_acc"]) for r in screen if r["tag"] == BASE), None)
-    print("| lever (tag) | arch | width | features | dims | flip views | BN | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| lever (tag) | track | arch | width | features | dims | flip views | BN | whiten | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in screen:
         delta = f"{100 * (float(r['val_acc']) - base):+.2f}" if base is not None else ""
         print(
-            f"| {r['tag']} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r['features']} | {r['feature_dim']} "
-            f"| {flips(r)} | {r['bn']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {r['tag']} | {track(r)} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r['features']} | {r['feature_dim']} "
+            f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]

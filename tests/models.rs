@@ -8,8 +8,13 @@ use cnnprobe::models::layers::LayerKind;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use tch::{Device, Kind, Tensor};
 
-const PRE: Preprocess =
-    Preprocess { stats: normalize::CIFAR10, input_size: 32, resize: Resize::Bilinear, precision: Precision::Fp32 };
+const PRE: Preprocess = Preprocess {
+    stats: normalize::CIFAR10,
+    input_size: 32,
+    resize: Resize::Bilinear,
+    precision: Precision::Fp32,
+    zca: None,
+};
 
 fn cfg(arch: Arch, stem: Stem, init: InitScheme, seed: u64) -> ModelConfig {
     ModelConfig { arch, stem, init, zero_init_residual: false, seed, width_mult: 1.0 }
@@ -79,7 +84,7 @@ fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
 fn feats(net: &Network, s: &FeatureSpec, data: &Source) -> Tensor {
     let mut sink = extract::Collect::default();
     let feed = extract::Feed { batch_size: BatchSize::Fixed(16), workers: 1, flip: false };
-    extract::extract(net, s, PRE, data, feed, "test", &mut sink).unwrap();
+    extract::extract(net, s, &PRE, data, feed, "test", &mut sink).unwrap();
     sink.parts.pop().unwrap().1.x
 }
 
@@ -90,7 +95,7 @@ fn folded_bn_matches_unfolded_within_1e4_relative() {
         let stem = if arch == Arch::Resnet18 { Stem::Imagenet } else { Stem::Cifar };
         let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 2)).unwrap();
         // Non-trivial BN statistics, so folding has something to fold.
-        extract::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
+        extract::calibrate_batchnorm(&mut net, &data, 24, 0, &PRE, 8).unwrap();
         let s = spec(&[], Pool::Avg, 1);
         let plain = feats(&net, &s, &data);
         assert!(!net.is_folded());
@@ -122,7 +127,7 @@ fn fused_convs_match_the_aten_path_within_1e4_relative() {
     for (arch, stem, taps, k) in nets {
         let mut net = Network::build(&cfg(arch, stem, InitScheme::Torchvision, 4)).unwrap();
         if arch != Arch::Vgg11 {
-            extract::calibrate_batchnorm(&mut net, &data, 24, 0, PRE, 8).unwrap();
+            extract::calibrate_batchnorm(&mut net, &data, 24, 0, &PRE, 8).unwrap();
         }
         let s = spec(&taps.split(',').collect::<Vec<_>>(), Pool::Avg, k);
         net.fold_batchnorm();
@@ -142,9 +147,9 @@ fn calibration_changes_features_and_is_seeded() {
     let s = spec(&[], Pool::Avg, 1);
     let before = feats(&build(), &s, &data);
     let mut a = build();
-    extract::calibrate_batchnorm(&mut a, &data, 32, 5, PRE, 8).unwrap();
+    extract::calibrate_batchnorm(&mut a, &data, 32, 5, &PRE, 8).unwrap();
     let mut b = build();
-    extract::calibrate_batchnorm(&mut b, &data, 32, 5, PRE, 8).unwrap();
+    extract::calibrate_batchnorm(&mut b, &data, 32, 5, &PRE, 8).unwrap();
     let (fa, fb) = (feats(&a, &s, &data), feats(&b, &s, &data));
     assert!(fa.equal(&fb), "same seed, same calibration");
     assert!(!fa.allclose(&before, 1e-3, 1e-3, false), "calibration left the features unchanged");

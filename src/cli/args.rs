@@ -1,6 +1,7 @@
 //! The flag groups shared by the subcommands (data, model, compute, probe, output) and
 //! each subcommand's flags. Only parsing lives here; `validate` turns them into configs.
 use super::parse;
+use crate::data::whiten::Whiten;
 use crate::data::{DatasetName, InputNorm, LabelSet};
 use crate::features::store::FeatureFormat;
 use crate::features::{BatchSize, BnSetting, FusedConvs, Pool, Precision, Resize};
@@ -88,6 +89,11 @@ pub struct ModelArgs {
     /// Fold BatchNorm into the preceding conv for extraction (same features, faster).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub fold_bn: bool,
+    /// ZCA-whiten each input image (zca, or zca:EPS with EPS relative to the mean eigenvalue,
+    /// default 0.1), statistics from the train images: a data-dependent step, so the
+    /// features are no longer data-free. For small images (CIFAR) at their own size.
+    #[arg(long, value_name = "zca[:EPS]", value_parser = parse::whiten)]
+    pub whiten: Option<Whiten>,
     /// CPU, fp32, folded BN: run the convolutions as oneDNN's fused conv+ReLU(+add) with
     /// pre-packed weights (auto; a batch that raised an overflow or invalid-operation flag is
     /// rerun on aten's, so a NaN is never hidden), or as plain aten convolutions (off).

@@ -1,4 +1,5 @@
 //! Value parsers for flags: a bad value fails while parsing, with one sentence.
+use crate::data::whiten::Whiten;
 use crate::features::{BatchSize, BnSetting};
 use crate::models::init::InitScheme;
 use crate::models::WeightsSource;
@@ -16,6 +17,10 @@ pub fn init(s: &str) -> Result<InitScheme, String> {
 }
 
 pub fn bn(s: &str) -> Result<BnSetting, String> {
+    s.parse()
+}
+
+pub fn whiten(s: &str) -> Result<Whiten, String> {
     s.parse()
 }
 

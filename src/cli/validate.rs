@@ -62,6 +62,7 @@ impl ModelArgs {
             input_norm,
             bn: self.bn,
             fold_bn: self.fold_bn,
+            whiten: self.whiten,
             fused: self.fused,
             allow_degenerate: self.allow_degenerate,
             features: FeatureSpec { taps: self.features.clone(), pool: self.pool, pool_size: self.pool_size as i64 },

@@ -8,6 +8,7 @@ pub mod normalize;
 pub mod source;
 pub mod split;
 pub mod stream;
+pub mod whiten;
 
 pub use normalize::InputNorm;
 pub use source::{DataConfig, DatasetName, LabelSet};

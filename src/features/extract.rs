@@ -3,6 +3,7 @@
 //! calibration, and the numerical health check of the result.
 use super::taps::{feature_dim, forward_eval, resolve, FeatureSpec};
 use crate::data::normalize::ChannelStats;
+use crate::data::whiten::Zca;
 use crate::data::{split, Source};
 use crate::models::layers::BnMode;
 use crate::models::Network;
@@ -16,7 +17,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// How uint8 images become network input.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Preprocess {
     pub stats: ChannelStats,
     /// Square input size; images of another size are resized on the device.
@@ -24,6 +25,8 @@ pub struct Preprocess {
     pub resize: Resize,
     /// Compute precision of the network (features are always stored as float32).
     pub precision: Precision,
+    /// `--whiten zca`: applied after normalisation, at the input size.
+    pub zca: Option<std::rc::Rc<Zca>>,
 }
 
 /// `--resize`: the interpolation that brings images to the input size.
@@ -146,10 +149,11 @@ struct Normalizer {
     size: i64,
     resize: Resize,
     kind: Kind,
+    zca: Option<Zca>,
 }
 
 impl Normalizer {
-    fn new(pre: Preprocess, device: Device) -> Self {
+    fn new(pre: &Preprocess, device: Device) -> Self {
         let stats = pre.stats;
         let scale: Vec<f32> = stats.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
         let shift: Vec<f32> = stats.mean.iter().zip(stats.std).map(|(m, s)| (-m / s) as f32).collect();
@@ -160,6 +164,7 @@ impl Normalizer {
             size: pre.input_size,
             resize: pre.resize,
             kind: pre.precision.kind(),
+            zca: pre.zca.as_ref().map(|z| Zca { mean: z.mean.to_device(device), matrix: z.matrix.to_device(device) }),
         }
     }
 
@@ -191,6 +196,9 @@ impl Normalizer {
                     y.clamp_tensor(Some(&self.shift), Some(&(&self.scale * 255.0 + &self.shift)))
                 }
             };
+        }
+        if let Some(z) = &self.zca {
+            x = z.apply(&x);
         }
         if self.kind != Kind::Float {
             x = x.to_kind(self.kind);
@@ -240,7 +248,7 @@ pub fn calibrate_batchnorm(
     train: &Source,
     n: usize,
     seed: u64,
-    pre: Preprocess,
+    pre: &Preprocess,
     batch_size: usize,
 ) -> Result<()> {
     ensure!(n > 0, "--bn calibrate:N needs N > 0");
@@ -331,7 +339,7 @@ pub struct Feed {
 pub fn extract(
     net: &Network,
     spec: &FeatureSpec,
-    pre: Preprocess,
+    pre: &Preprocess,
     source: &Source,
     feed: Feed,
     part: &'static str,
@@ -444,7 +452,7 @@ impl Health {
 /// Numerical health of extracted features (a random deep network can overflow or vanish).
 /// When they are degenerate, re-runs a few images stage by stage to name where the
 /// problem first appears; fails unless `allow` (then it only warns).
-pub fn check_health(net: &Network, pre: Preprocess, source: &Source, health: &Health, allow: bool) -> Result<()> {
+pub fn check_health(net: &Network, pre: &Preprocess, source: &Source, health: &Health, allow: bool) -> Result<()> {
     let Some(what) = health.problem() else { return Ok(()) };
     let first: Vec<usize> = (0..source.len().min(16)).collect();
     let names = net.body.stage_names();

@@ -4,12 +4,13 @@ use super::extract::{
     self, BatchSize, BnSetting, Collect, Features, Feed, FusedConvs, Precision, Preprocess, Resize, Sink,
 };
 use super::taps::FeatureSpec;
+use crate::data::whiten::{self, Whiten};
 use crate::data::{DataConfig, InputNorm};
 use crate::models::{frozen, ModelConfig, WeightsSource};
 use crate::util::device::{self, Compute};
 use crate::util::digest;
 use crate::util::names::value_name;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::Device;
@@ -28,6 +29,9 @@ pub struct ExtractConfig {
     pub input_norm: InputNorm,
     pub bn: BnSetting,
     pub fold_bn: bool,
+    /// `--whiten zca[:EPS]`: image ZCA from the train images (absent from older configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whiten: Option<Whiten>,
     /// Speed only (features equal within float rounding), so not part of `identity`.
     #[serde(default)]
     pub fused: FusedConvs,
@@ -180,12 +184,24 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         _ => cfg.input_size,
     };
     let stats = cfg.data.stats(cfg.input_norm, &dataset)?;
-    let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision };
+    let zca = match cfg.whiten {
+        Some(w) => {
+            let (h, wd) = dataset.train.image_size();
+            ensure!(
+                (h, wd) == (input_size, input_size),
+                "--whiten zca: the images are {h}×{wd} but the input size is {input_size}; whitening needs them equal"
+            );
+            eprintln!("whitening: ZCA of {} train images (eps {})", dataset.train.len(), w.eps);
+            Some(std::rc::Rc::new(whiten::fit(&dataset.train, stats, w.eps, cfg.data.workers)?))
+        }
+        None => None,
+    };
+    let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision, zca };
     if let BnSetting::Calibrate(n) = cfg.bn {
         // Calibration runs in float32 with a fixed batch, before any folding or casting, on
         // the whole train split whatever the shard.
-        let calib = Preprocess { precision: Precision::Fp32, ..pre };
-        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, calib, 256)?;
+        let calib = Preprocess { precision: Precision::Fp32, ..pre.clone() };
+        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, &calib, 256)?;
     }
     if cfg.fold_bn {
         net.fold_batchnorm();
@@ -203,9 +219,9 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     }
     let (mut extract_s, mut images, mut feature_dim) = (0.0, 0, 0);
     for (part, source, feed) in parts {
-        let (health, secs) = extract::extract(&net, &cfg.features, pre, source, feed, part, sink)?;
+        let (health, secs) = extract::extract(&net, &cfg.features, &pre, source, feed, part, sink)?;
         if part == "train" {
-            extract::check_health(&net, pre, source, &health, cfg.allow_degenerate)?;
+            extract::check_health(&net, &pre, source, &health, cfg.allow_degenerate)?;
         }
         (extract_s, images, feature_dim) = (extract_s + secs, images + source.len(), health.dim());
     }
@@ -245,6 +261,7 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
         s("input_norm", value_name(&cfg.input_norm)),
         s("bn", cfg.bn.to_string()),
         s("fold_bn", cfg.fold_bn.to_string()),
+        s("whiten", cfg.whiten.map(|w| w.to_string()).unwrap_or_else(|| "none".into())),
         s("features", cfg.features.label()),
         s("pool", value_name(&cfg.features.pool)),
         s("pool_size", cfg.features.pool_size.to_string()),
