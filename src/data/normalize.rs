@@ -7,6 +7,17 @@ pub struct ChannelStats {
     pub std: [f64; 3],
 }
 
+impl ChannelStats {
+    /// (scale, shift), each (1, 3, 1, 1) float32 on the CPU, with which a uint8 batch x
+    /// becomes its normalised value x·scale + shift = (x/255 − mean)/std.
+    pub fn u8_affine(&self) -> (tch::Tensor, tch::Tensor) {
+        let scale: Vec<f32> = self.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
+        let shift: Vec<f32> = self.mean.iter().zip(self.std).map(|(m, s)| (-m / s) as f32).collect();
+        let t = |v: &[f32]| tch::Tensor::from_slice(v).view([1, 3, 1, 1]);
+        (t(&scale), t(&shift))
+    }
+}
+
 /// CIFAR-10 train set: per-channel mean and the *population* std over all 50k×32×32 pixels
 /// (computed from the official train batches; the often-quoted (0.2023, 0.1994, 0.2010) is
 /// the mean of per-image stds, which under-states the spread).

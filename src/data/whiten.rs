@@ -108,9 +108,7 @@ pub fn fit(train: &Source, stats: ChannelStats, eps: f64, workers: usize) -> Res
         dim <= MAX_DIM,
         "--whiten zca: images of {h}×{w} have {dim} dimensions; image ZCA is for small images (at most {MAX_DIM}, 36×36)"
     );
-    let scale: Vec<f32> = stats.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
-    let shift: Vec<f32> = stats.mean.iter().zip(stats.std).map(|(m, s)| (-m / s) as f32).collect();
-    let (scale, shift) = (Tensor::from_slice(&scale).view([1, 3, 1, 1]), Tensor::from_slice(&shift).view([1, 3, 1, 1]));
+    let (scale, shift) = stats.u8_affine();
     let mut m = Moments::new(dim);
     tch::no_grad(|| -> Result<()> {
         for batch in train.batches(2048, workers) {

@@ -154,12 +154,10 @@ struct Normalizer {
 
 impl Normalizer {
     fn new(pre: &Preprocess, device: Device) -> Self {
-        let stats = pre.stats;
-        let scale: Vec<f32> = stats.std.iter().map(|s| (1.0 / (255.0 * s)) as f32).collect();
-        let shift: Vec<f32> = stats.mean.iter().zip(stats.std).map(|(m, s)| (-m / s) as f32).collect();
+        let (scale, shift) = pre.stats.u8_affine();
         Normalizer {
-            scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]).to_device(device),
-            shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]).to_device(device),
+            scale: scale.to_device(device),
+            shift: shift.to_device(device),
             device,
             size: pre.input_size,
             resize: pre.resize,
