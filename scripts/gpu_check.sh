@@ -5,12 +5,16 @@
 # Python, then runs and times: `info`; ResNet-18 (CIFAR stem) extraction of all 60k images
 # in fp32, bf16 and fp16 with --batch-size auto; CUDA against CPU features on 1,000 images;
 # the L-BFGS probe with --wd-search on the GPU; extraction + probe in one `run`; the
-# `--preset random-best` run; a deliberate out-of-memory back-off. One CSV row per step
+# `--preset random-best` run; a deliberate out-of-memory back-off. Beside each CUDA
+# extraction, PyTorch's best eager path on the same GPU (gpu_bench_torch.py; needs torch in
+# --python), for the ratio of issue 15 (target >= 1.3x); and the fp32/fp16 extractions and
+# random-best again with cuDNN's kernel search on (CNNPROBE_CUDNN_BENCHMARK=1) on both sides,
+# as against the heuristic kernel choice that both use by default. One CSV row per step
 # (step, device, torch_version, seconds, images_per_s, accuracy, max_rel_diff, status,
 # note); exits 1 when any step failed.
 #
 #   usage: gpu_check.sh ARCHIVE [--cpu] [--subset N] [--cnnprobe PATH] [--python PY]
-#                       [--csv PATH] [--work DIR]
+#                       [--csv PATH] [--work DIR] [--step-limit S]
 #
 #   ARCHIVE      cifar10-jpeg.tar.gz: train/<class>/*.jpg and test/<class>/*.jpg
 #   --cpu        run what can run on the CPU, on the first N train and test images
@@ -22,11 +26,12 @@
 #                by class, so a --cpu subset would hold one class: use Pillow there).
 #   --csv        [default: gpu_check.csv]
 #   --work       scratch folder, kept [default: a temporary one, removed at the end]
+#   --step-limit seconds any one step may take [default: 300 on CUDA, 420 with --cpu]
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 usage() { sed -n '/^#   usage/,/^#   --work/s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
-archive="" cpu=0 subset=500 bin="" py=python3 csv=gpu_check.csv work=""
+archive="" cpu=0 subset=500 bin="" py=python3 csv=gpu_check.csv work="" max_step=""
 while (($#)); do
   case $1 in
     --cpu) cpu=1 ;;
@@ -35,6 +40,7 @@ while (($#)); do
     --python) py=${2:?}; shift ;;
     --csv) csv=${2:?}; shift ;;
     --work) work=${2:?}; shift ;;
+    --step-limit) max_step=${2:?}; shift ;;
     -h | --help) usage ;;
     -*) echo "gpu_check: unknown option $1" >&2; usage ;;
     *) archive=$1 ;;
@@ -65,6 +71,7 @@ if ((cpu)); then
 else
   dev=cuda limit=() step_limit=300 ref_n=1000 bf16_limit=() best_probe=()
 fi
+step_limit=${max_step:-$step_limit}
 cpu_name=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo 2>/dev/null | head -1)
 cpu_name="CPU ${cpu_name:-unknown}"
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>/dev/null | head -1)
@@ -96,6 +103,10 @@ timed() {
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   why="exit $rc: $(grep -v '^\s*$' "$work/$step.log" | tr '\r' '\n' | grep -v '^\s*$' | tail -1)"
   ((rc == 124 || rc == 137)) && why="over the ${step_limit} s step limit"
+  if ((rc != 0)); then
+    echo "gpu_check: $step failed ($why); the end of its output:" >&2
+    tail -n 8 "$work/$step.log" | tr '\r' '\n' | grep -v '^\s*$' | tail -n 8 | sed 's/^/    /' >&2
+  fi
   return $rc
 }
 
@@ -128,6 +139,29 @@ if ((failed)); then
   exit 1
 fi
 
+# eager_row STEP FEATURES_DIR CUDNN_BENCHMARK: PyTorch's best eager path (gpu_bench_torch.py)
+# at FEATURES_DIR's precision, and cnnprobe's ratio to it: to its first pass (cuDNN's search
+# included, like for like with cnnprobe's own figure) and to its second, warm pass.
+eager_row() {
+  local step=$1 dir=$2 bench=$3 prec=${2%%_*}
+  if [[ $dev == cpu ]]; then
+    skip "$step" "PyTorch eager on CUDA"
+  elif [[ -z ${data[*]} || ${data[0]} != --data ]]; then
+    skip "$step" "needs the binary CIFAR files (Pillow)"
+  elif timed "$step" "$py" "$here/gpu_bench_torch.py" "${data[1]}" --precision "$prec" --batch 2048 \
+    --cudnn-benchmark "$bench"; then
+    local cold warm ours
+    cold=$(sed -n 's/^images_per_s=\([0-9.]*\).*/\1/p' "$work/$step.log")
+    warm=$(sed -n 's/.*warm_images_per_s=\([0-9.]*\).*/\1/p' "$work/$step.log")
+    ours=$(stats provenance "$work/$dir" images_per_s 2>/dev/null)
+    ratio() { awk -v a="$ours" -v b="$1" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+    row "$step" "$gpu_name" "$secs" "$cold" "" "" ok \
+      "PyTorch $("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null) eager $prec channels-last + fused BN; batch 2048; cudnn.benchmark $bench; cnnprobe/eager $(ratio "$cold") first pass; $(ratio "$warm") against its warm pass ($warm img/s) (target >= 1.3)"
+  else
+    row "$step" "$gpu_name" "$secs" "" "" "" fail "$why"
+  fi
+}
+
 # --- extraction of every image (or the subset), three precisions
 common=("${data[@]}" --arch resnet18 --stem cifar --seed 0)
 for p in fp32 bf16 fp16; do
@@ -145,7 +179,23 @@ for p in fp32 bf16 fp16; do
   else
     row "extract_$p" "$(here_dev "$dev")" "$secs" "" "" "" fail "$why"
   fi
+  # PyTorch's eager path on the same GPU, same precision and batch, in its own process.
+  eager_row "eager_$p" "$p" 0
 done
+# cuDNN's kernel search (CNNPROBE_CUDNN_BENCHMARK=1; torch.backends.cudnn.benchmark) instead
+# of its heuristic choice, the default of both, on both sides.
+if [[ $dev == cuda ]]; then
+  for p in fp32 fp16; do
+    if CNNPROBE_CUDNN_BENCHMARK=1 timed "extract_${p}_search" "$bin" extract "${common[@]}" --device cuda \
+      --precision "$p" --batch-size auto --format npy --output "$work/${p}_search"; then
+      row "extract_${p}_search" "$gpu_name" "$secs" "$(stats provenance "$work/${p}_search" images_per_s)" "" "" ok \
+        "CNNPROBE_CUDNN_BENCHMARK=1: cuDNN's kernel search; short batches padded to one shape"
+    else
+      row "extract_${p}_search" "$gpu_name" "$secs" "" "" "" fail "$why"
+    fi
+    eager_row "eager_${p}_search" "${p}_search" 1
+  done
+fi
 
 # --- agreement with the CPU on the first train images. Bounds: fp32 CUDA convolutions use
 # TF32 (libtorch's default for cuDNN), ~1e-3 relative; fp16 keeps 11 mantissa bits, bf16 8.
@@ -198,6 +248,14 @@ if timed random_best "$bin" run --preset random-best "${data[@]}" "${limit[@]}" 
   summary_row random_best "run --preset random-best${best_probe[*]:+ ${best_probe[*]}} (H100 target < 60 s)"
 else
   row random_best "$(here_dev "$dev")" "$secs" "" "" "" fail "$why"
+fi
+if [[ $dev == cuda ]]; then
+  if CNNPROBE_CUDNN_BENCHMARK=1 timed random_best_search "$bin" run --preset random-best "${data[@]}" --device cuda \
+    --batch-size auto --no-cache --out "$work/random_best_search" --summary "$work/summary.csv"; then
+    summary_row random_best_search "the same with CNNPROBE_CUDNN_BENCHMARK=1 (cuDNN's kernel search)"
+  else
+    row random_best_search "$gpu_name" "$secs" "" "" "" fail "$why"
+  fi
 fi
 
 # --- out-of-memory back-off: 128 images at 4096x4096 need ~190 GB at the first batch

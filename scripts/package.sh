@@ -31,7 +31,7 @@ cp "$CNNPROBE_BIN" "$out/bin/cnnprobe"
 # Symbols are a third of the binary and no use to a user.
 strip "$out/bin/cnnprobe"
 cp "$here/launcher.sh" "$out/cnnprobe"
-cp "$here/gpu_check.sh" "$here/prepare_cifar10.py" "$here/gpu_check_stats.py" "$out/"
+cp "$here/gpu_check.sh" "$here/prepare_cifar10.py" "$here/gpu_check_stats.py" "$here/gpu_bench_torch.py" "$out/"
 
 # What the target machine must have, read from the binary itself.
 needs_cuda=$(readelf -d "$out/bin/cnnprobe" | grep -q 'libtorch_cuda\.so' && echo yes || echo no)

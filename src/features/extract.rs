@@ -6,8 +6,8 @@ use crate::data::normalize::ChannelStats;
 use crate::data::whiten::Zca;
 use crate::data::{split, Source};
 use crate::models::layers::BnMode;
-use crate::models::Network;
-use crate::util::{interrupt, progress};
+use crate::models::{fused, Network};
+use crate::util::{device, interrupt, progress};
 use anyhow::{bail, ensure, Result};
 use clap::ValueEnum;
 use serde::Serialize;
@@ -170,7 +170,7 @@ impl Normalizer {
         // On CUDA: uint8 (4× smaller than float) crosses the bus from pinned memory,
         // asynchronously; conversion happens on the GPU.
         let mut x = match self.device {
-            Device::Cuda(_) => images.pin_memory(self.device).to_device_(self.device, Kind::Uint8, true, false),
+            Device::Cuda(_) => fused::pin_memory(images, self.device).to_device_(self.device, Kind::Uint8, true, false),
             _ => images.shallow_clone(),
         }
         .to_kind(Kind::Float);
@@ -351,7 +351,9 @@ pub fn extract(
     let norm = Normalizer::new(pre, net.device());
     let bar = progress::images(n as u64, &part.replace('_', ", "));
     let start = Instant::now();
-    let mut size = feed.batch_size.initial(net.device());
+    // A split smaller than the batch never needs more: the out-of-memory back-off then
+    // starts from the split's size.
+    let mut size = feed.batch_size.initial(net.device()).min(n.max(1));
     let mut health = Health::default();
     tch::no_grad(|| -> Result<()> {
         for batch in source.batches(size, feed.workers) {
@@ -360,14 +362,16 @@ pub fn extract(
             let images = if feed.flip { batch.images.flip([3]) } else { batch.images };
             let (m, mut i) = (batch.labels.size()[0], 0);
             while i < m {
-                let (f, used) = with_backoff(size.min((m - i) as usize), |len| {
-                    let x = images.narrow(0, i, len as i64);
+                let ((f, used), worked) = with_backoff(size, |attempt| {
+                    let len = attempt.min((m - i) as usize);
+                    let x = pad_for_cudnn(&images.narrow(0, i, len as i64), attempt, net.device());
+                    let run = || (forward_eval(net, &norm.apply(&x), spec, &taps).narrow(0, 0, len as i64), len);
                     match feed.batch_size {
-                        BatchSize::Fixed(_) => Ok(forward_eval(net, &norm.apply(&x), spec, &taps)),
-                        BatchSize::Auto => catch_torch(|| forward_eval(net, &norm.apply(&x), spec, &taps)),
+                        BatchSize::Fixed(_) => Ok(run()),
+                        BatchSize::Auto => catch_torch(run),
                     }
                 })?;
-                size = size.min(used.max(1));
+                size = worked;
                 let f = f.to_device(Device::Cpu).to_kind(Kind::Float);
                 health.update(&f);
                 sink.rows(&f, &batch.labels.narrow(0, i, used as i64))?;
@@ -380,6 +384,21 @@ pub fn extract(
     bar.finish_and_clear();
     sink.end()?;
     Ok((health, start.elapsed().as_secs_f64()))
+}
+
+/// A short batch (a split's last) padded with black images to `size` on CUDA when cuDNN
+/// searches kernels (`device::cudnn_search`), which it does afresh for every new shape: on an
+/// H100 that search took 0.6–0.8 s per shape, against 14–22 ms for a whole batch of 2,048
+/// CIFAR images (results/gpu_check.csv). Images are independent in eval mode, so the
+/// padding's rows are dropped without touching the others.
+fn pad_for_cudnn(x: &Tensor, size: usize, device: Device) -> Tensor {
+    let len = x.size()[0];
+    if !device.is_cuda() || !device::cudnn_search() || len >= size as i64 {
+        return x.shallow_clone();
+    }
+    let mut shape = x.size();
+    shape[0] = size as i64 - len;
+    Tensor::cat(&[x.shallow_clone(), Tensor::zeros(&shape, (x.kind(), x.device()))], 0)
 }
 
 /// Row and column of the first NaN/Inf of a (N, D) matrix, scanned in row blocks.

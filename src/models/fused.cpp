@@ -88,4 +88,16 @@ int cnnprobe_fp_raised() {
   return raised.load();
 }
 
+// x copied into page-locked memory for an asynchronous upload. Through the C++ API because
+// tch's binding passes a device, which libtorch 2.11+ deprecates with a warning per call.
+int cnnprobe_pin_memory(at::Tensor** out, const at::Tensor* x, char* err, size_t err_len) {
+  try {
+    *out = new at::Tensor(x->pin_memory());
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
 }  // extern "C"

@@ -6,7 +6,7 @@
 use anyhow::{anyhow, Result};
 use std::cell::OnceCell;
 use std::sync::OnceLock;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// What a fused conv applies after the convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,12 @@ mod ffi {
             err_len: usize,
         ) -> c_int;
         pub fn cnnprobe_fp_raised() -> c_int;
+        pub fn cnnprobe_pin_memory(
+            out: *mut *mut C_tensor,
+            x: *const C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
     }
 }
 
@@ -96,6 +102,14 @@ mod ffi {
     pub unsafe fn cnnprobe_fp_raised() -> c_int {
         1
     }
+    pub unsafe fn cnnprobe_pin_memory(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
 }
 
 /// Runs one shim call with an error buffer; Err carries the C++ exception's message.
@@ -119,6 +133,18 @@ fn call(f: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32) -> Result<()> {
 pub fn fp_raised() -> bool {
     // SAFETY: no arguments; the shim only reads and clears floating-point status flags.
     unsafe { ffi::cnnprobe_fp_raised() != 0 }
+}
+
+/// `x` in page-locked memory, for an asynchronous upload to `device`. The shim calls
+/// libtorch's `pin_memory()`; tch's binding passes a device, which libtorch 2.11+ answers
+/// with a deprecation warning on every call (two lines per batch). Without the shim, that.
+pub fn pin_memory(x: &Tensor, device: Device) -> Tensor {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: `x` is a live tensor; on success the shim hands over a new at::Tensor.
+    match call(|err, len| unsafe { ffi::cnnprobe_pin_memory(&mut out, x.as_ptr(), err, len) }) {
+        Ok(()) => unsafe { Tensor::from_ptr(out) },
+        Err(_) => x.pin_memory(device),
+    }
 }
 
 /// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).

@@ -57,11 +57,18 @@ impl Compute {
         tch::set_num_threads(self.threads as i32);
         let device = resolve(&self.device)?;
         if device.is_cuda() {
-            // Fixed input shapes: let cuDNN pick the fastest kernels once.
-            Cuda::cudnn_set_benchmark(true);
+            Cuda::cudnn_set_benchmark(cudnn_search());
         }
         Ok(device)
     }
+}
+
+/// Whether cuDNN times its kernels for each new input shape and keeps the fastest
+/// (`CNNPROBE_CUDNN_BENCHMARK=1`) rather than taking its heuristic's choice (the default, as
+/// in PyTorch). Measured on an H100 (results/gpu_check.csv), the search costs 0.6–0.8 s per
+/// shape and buys ~10% per batch: a loss for CIFAR-sized jobs, a gain for hours-long ones.
+pub fn cudnn_search() -> bool {
+    std::env::var("CNNPROBE_CUDNN_BENCHMARK").is_ok_and(|v| v == "1")
 }
 
 /// The libtorch version this process runs on, and where the loader found it: a portable
