@@ -23,9 +23,10 @@ def flips(r):
 
 def track(r):
     """Issue 13's tracks: "no-gradient" when a step used train images (BN statistics
-    calibrated on them, ZCA whitening fitted on them), else "data-free" (weights drawn from a
-    distribution; the probe alone sees data)."""
-    if r.get("bn", "").startswith("calibrate") or r.get("whiten", "none") not in ("", "none"):
+    calibrated on them, ZCA whitening fitted on them, first-layer filters sampled from them),
+    else "data-free" (weights drawn from a distribution; the probe alone sees data)."""
+    if (r.get("bn", "").startswith("calibrate") or r.get("whiten", "none") not in ("", "none")
+            or r.get("first_layer", "random") not in ("", "random")):
         return "no-gradient"
     return "data-free"
 

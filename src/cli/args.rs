@@ -3,6 +3,7 @@
 use super::parse;
 use crate::data::whiten::Whiten;
 use crate::data::{DatasetName, InputNorm, LabelSet};
+use crate::features::patches::FirstLayer;
 use crate::features::store::FeatureFormat;
 use crate::features::{BatchSize, BnSetting, FusedConvs, Pool, Precision, Resize};
 use crate::models::init::InitScheme;
@@ -94,6 +95,12 @@ pub struct ModelArgs {
     /// features are no longer data-free. For small images (CIFAR) at their own size.
     #[arg(long, value_name = "zca[:EPS]", value_parser = parse::whiten)]
     pub whiten: Option<Whiten>,
+    /// The first convolution's filters: random (the init scheme's draw), patches (one
+    /// training patch per filter, after normalisation and any --whiten, scaled to the random
+    /// filters' mean norm), or signed-patches (half patches, half their negatives). Patches
+    /// are data-dependent (no labels, no gradients), so the features are no longer data-free.
+    #[arg(long, default_value = "random", value_name = "random|patches|signed-patches", value_parser = parse::first_layer)]
+    pub first_layer: FirstLayer,
     /// CPU, fp32, folded BN: run the convolutions as oneDNN's fused conv+ReLU(+add) with
     /// pre-packed weights (auto; a batch that raised an overflow or invalid-operation flag is
     /// rerun on aten's, so a NaN is never hidden), or as plain aten convolutions (off).

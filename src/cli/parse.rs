@@ -1,5 +1,6 @@
 //! Value parsers for flags: a bad value fails while parsing, with one sentence.
 use crate::data::whiten::Whiten;
+use crate::features::patches::FirstLayer;
 use crate::features::{BatchSize, BnSetting};
 use crate::models::init::InitScheme;
 use crate::models::WeightsSource;
@@ -21,6 +22,10 @@ pub fn bn(s: &str) -> Result<BnSetting, String> {
 }
 
 pub fn whiten(s: &str) -> Result<Whiten, String> {
+    s.parse()
+}
+
+pub fn first_layer(s: &str) -> Result<FirstLayer, String> {
     s.parse()
 }
 

@@ -33,6 +33,9 @@ impl ModelArgs {
         if self.width_mult != 1.0 && self.weights != WeightsSource::Random {
             bail!("--width-mult {} changes every layer's shape; it needs --weights random", self.width_mult);
         }
+        if !self.first_layer.is_random() && self.weights != WeightsSource::Random {
+            bail!("--first-layer {} replaces random filters; it needs --weights random", self.first_layer);
+        }
         let pretrained = self.weights == WeightsSource::Imagenet;
         let input_size = self.input_size.map(|n| n as i64).unwrap_or(if pretrained { 224 } else { 32 });
         let random = self.weights == WeightsSource::Random;
@@ -63,6 +66,7 @@ impl ModelArgs {
             bn: self.bn,
             fold_bn: self.fold_bn,
             whiten: self.whiten,
+            first_layer: self.first_layer,
             fused: self.fused,
             allow_degenerate: self.allow_degenerate,
             features: FeatureSpec { taps: self.features.clone(), pool: self.pool, pool_size: self.pool_size as i64 },

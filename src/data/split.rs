@@ -41,20 +41,35 @@ pub fn stratified(labels: &Tensor, num_classes: usize, fraction: f64, seed: u64)
     SplitIndices { fit, val }
 }
 
-/// A seeded Fisher–Yates permutation of 0..n (SplitMix64 stream): independent of libtorch's
-/// global generator, so choosing the split never disturbs the seeded weight draws.
-pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
+/// SplitMix64: a small seeded stream independent of libtorch's global generator, so data
+/// choices (splits, sampled patches) never disturb the seeded weight draws.
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    };
+    }
+
+    /// A number in 0..n (n > 0); the modulo bias is below 2⁻⁴⁰ for the sizes used here.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// A seeded Fisher–Yates permutation of 0..n (a SplitMix64 stream).
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
+        let j = rng.below(i as u64 + 1) as usize;
         v.swap(i, j);
     }
     v

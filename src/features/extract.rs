@@ -142,7 +142,7 @@ fn catch_torch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// Normalises (and resizes) a uint8 batch on the device: x/255 normalised = x·scale + shift.
-struct Normalizer {
+pub(super) struct Normalizer {
     scale: Tensor,
     shift: Tensor,
     device: Device,
@@ -153,7 +153,7 @@ struct Normalizer {
 }
 
 impl Normalizer {
-    fn new(pre: &Preprocess, device: Device) -> Self {
+    pub(super) fn new(pre: &Preprocess, device: Device) -> Self {
         let (scale, shift) = pre.stats.u8_affine();
         Normalizer {
             scale: scale.to_device(device),
@@ -166,7 +166,7 @@ impl Normalizer {
         }
     }
 
-    fn apply(&self, images: &Tensor) -> Tensor {
+    pub(super) fn apply(&self, images: &Tensor) -> Tensor {
         // On CUDA: uint8 (4× smaller than float) crosses the bus from pinned memory,
         // asynchronously; conversion happens on the GPU.
         let mut x = match self.device {

@@ -1,10 +1,12 @@
 //! Frozen features: which stages to tap and how to pool them (`taps`), the batched
 //! extraction loop (`extract`), a whole run's train/test features (`set`), the feature
-//! cache (`cache`) and feature files on disk (`store`).
+//! cache (`cache`), feature files on disk (`store`) and first-layer filters sampled from
+//! training patches (`patches`).
 pub mod cache;
 pub mod export;
 pub mod extract;
 pub mod npy;
+pub mod patches;
 pub mod set;
 pub mod store;
 pub mod taps;

@@ -3,6 +3,7 @@
 use super::extract::{
     self, BatchSize, BnSetting, Collect, Features, Feed, FusedConvs, Precision, Preprocess, Resize, Sink,
 };
+use super::patches::{self, FirstLayer};
 use super::taps::FeatureSpec;
 use crate::data::whiten::{self, Whiten};
 use crate::data::{DataConfig, InputNorm};
@@ -32,6 +33,10 @@ pub struct ExtractConfig {
     /// `--whiten zca[:EPS]`: image ZCA from the train images (absent from older configs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub whiten: Option<Whiten>,
+    /// `--first-layer`: the first convolution's filters from training patches (absent from
+    /// older configs, which are all random).
+    #[serde(default, skip_serializing_if = "FirstLayer::is_random")]
+    pub first_layer: FirstLayer,
     /// Speed only (features equal within float rounding), so not part of `identity`.
     #[serde(default)]
     pub fused: FusedConvs,
@@ -197,11 +202,14 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         None => None,
     };
     let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision, zca };
+    // Patches are sampled in float32 from the whole train split whatever the shard, like BN
+    // calibration, so every shard builds the same network.
+    let fp32 = Preprocess { precision: Precision::Fp32, ..pre.clone() };
+    patches::init_first_layer(&mut net, cfg.first_layer, &dataset.train, cfg.model.seed, &fp32)?;
     if let BnSetting::Calibrate(n) = cfg.bn {
         // Calibration runs in float32 with a fixed batch, before any folding or casting, on
         // the whole train split whatever the shard.
-        let calib = Preprocess { precision: Precision::Fp32, ..pre.clone() };
-        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, &calib, 256)?;
+        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, &fp32, 256)?;
     }
     if cfg.fold_bn {
         net.fold_batchnorm();
@@ -262,6 +270,7 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
         s("bn", cfg.bn.to_string()),
         s("fold_bn", cfg.fold_bn.to_string()),
         s("whiten", cfg.whiten.map(|w| w.to_string()).unwrap_or_else(|| "none".into())),
+        s("first_layer", cfg.first_layer.to_string()),
         s("features", cfg.features.label()),
         s("pool", value_name(&cfg.features.pool)),
         s("pool_size", cfg.features.pool_size.to_string()),

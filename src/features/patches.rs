@@ -1,0 +1,114 @@
+//! `--first-layer patches`: the first convolution's filters are patches of training images
+//! (after normalisation, and ZCA when `--whiten` is on) instead of random draws, as in
+//! Coates & Ng (2011) and Thiry et al. (ICLR 2021). No labels and no gradients: a lever of
+//! the no-gradient track, never of a data-free preset. Every later layer stays random.
+use super::extract::{Normalizer, Preprocess};
+use crate::data::split::{self, SplitMix64};
+use crate::data::Source;
+use crate::models::Network;
+use anyhow::{ensure, Result};
+use std::fmt;
+use std::str::FromStr;
+use tch::{Device, Kind, Tensor};
+
+/// Where the first convolution's filters come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FirstLayer {
+    /// Drawn by the init scheme, like every other layer (data-free).
+    #[default]
+    Random,
+    /// One training patch per filter.
+    Patches,
+    /// Half the filters are patches, the other half their negatives: the first layer's ReLU
+    /// then keeps both signs of each patch's response (ReLU(x), ReLU(−x)).
+    SignedPatches,
+}
+
+impl FromStr for FirstLayer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(FirstLayer::Random),
+            "patches" => Ok(FirstLayer::Patches),
+            "signed-patches" => Ok(FirstLayer::SignedPatches),
+            _ => Err(format!("--first-layer: expected random, patches or signed-patches, got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for FirstLayer {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            FirstLayer::Random => "random",
+            FirstLayer::Patches => "patches",
+            FirstLayer::SignedPatches => "signed-patches",
+        })
+    }
+}
+
+crate::serde_as_str!(FirstLayer);
+
+impl FirstLayer {
+    pub fn is_random(&self) -> bool {
+        *self == FirstLayer::Random
+    }
+}
+
+/// `n` patches of `size`×`size` pixels, (n, C, size, size) float32 on the CPU, from a seeded
+/// sample of `train`: image i of a seeded permutation gives patch i (cycling when n exceeds
+/// the images), at a seeded position fully inside it. Patches whose norm is below 1e-6 (a
+/// flat, whitened-away region) are passed over for the next draw.
+pub fn sample(train: &Source, n: usize, size: i64, seed: u64, pre: &Preprocess) -> Result<Tensor> {
+    ensure!(!train.is_empty(), "--first-layer patches: no train images to sample from");
+    let (h, w) = (pre.input_size, pre.input_size);
+    ensure!(size <= h && size <= w, "--first-layer patches: {size}×{size} filters on {h}×{w} images");
+    let order = split::permutation(train.len(), seed ^ 0x09A7_C4E5);
+    let mut rng = SplitMix64::new(seed ^ 0x51DE);
+    let norm = Normalizer::new(pre, Device::Cpu);
+    let (mut kept, mut drawn) = (Vec::with_capacity(n), 0usize);
+    // Enough draws for every filter even when some patches are flat; then give up.
+    while kept.len() < n && drawn < 4 * n + 64 {
+        let idx: Vec<usize> = (drawn..drawn + 256).map(|i| order[i % order.len()]).collect();
+        let batch = train.get(&idx)?;
+        let images = tch::no_grad(|| norm.apply(&batch.images).to_kind(Kind::Float));
+        for j in 0..idx.len() as i64 {
+            let (y, x) = (rng.below((h - size + 1) as u64) as i64, rng.below((w - size + 1) as u64) as i64);
+            let patch = images.get(j).narrow(1, y, size).narrow(2, x, size);
+            if patch.norm().double_value(&[]) > 1e-6 && kept.len() < n {
+                kept.push(patch.contiguous());
+            }
+        }
+        drawn += idx.len();
+    }
+    ensure!(kept.len() == n, "--first-layer patches: only {} of {n} sampled patches are not flat", kept.len());
+    Ok(Tensor::stack(&kept, 0))
+}
+
+/// Replaces `net`'s first convolution's filters with patches from `train` (see `sample`),
+/// each scaled to the mean norm of the filters it replaces, so the random layers after it
+/// see activations of the usual size. The bias is left as initialised.
+pub fn init_first_layer(net: &mut Network, how: FirstLayer, train: &Source, seed: u64, pre: &Preprocess) -> Result<()> {
+    if how.is_random() {
+        return Ok(());
+    }
+    let mut units = net.body.units_mut();
+    let first = units.first_mut().expect("every network has a first convolution");
+    let weight = &mut first.conv.weight;
+    let [c_out, c_in, kh, kw] = weight.size()[..] else { unreachable!("conv weights are 4-D") };
+    ensure!(c_in == 3 && kh == kw, "--first-layer patches: the first convolution is {c_in}×{kh}×{kw}, not RGB square");
+    let signed = how == FirstLayer::SignedPatches;
+    ensure!(!signed || c_out % 2 == 0, "--first-layer signed-patches needs an even filter count, got {c_out}");
+    let n = if signed { c_out / 2 } else { c_out } as usize;
+    eprintln!(
+        "first layer: {n} {kh}×{kw} patches from the train images{}",
+        if signed { ", and their negatives" } else { "" }
+    );
+    let mut p = sample(train, n, kh, seed, pre)?;
+    let target = tch::no_grad(|| weight.flatten(1, -1).norm_scalaropt_dim(2.0, [1], false).mean(Kind::Float));
+    p = &p / p.flatten(1, -1).norm_scalaropt_dim(2.0, [1], false).view([-1, 1, 1, 1]) * target;
+    if signed {
+        p = Tensor::cat(&[p.shallow_clone(), -p], 0);
+    }
+    tch::no_grad(|| weight.copy_(&p.to_kind(weight.kind()).to_device(weight.device())));
+    Ok(())
+}
