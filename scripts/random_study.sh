@@ -71,6 +71,11 @@ if [[ $stage == all || $stage == screen ]]; then
   # No-gradient track (issue 13): image ZCA fitted on the train images (never their labels),
   # on top of the recipe. The table labels each row's track from its settings.
   screen nograd-zca:0.1+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.1
+  # First-layer filters sampled from (whitened) train patches, the rest random.
+  screen nograd-patches+zca:0.1+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.1 \
+    --first-layer patches
+  screen nograd-signed-patches+zca:0.1+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.1 \
+    --first-layer signed-patches
   screen nograd-zca:0.01+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.01
 fi
 
