@@ -304,11 +304,7 @@ fn fused_convolutions_keep_the_nans_of_an_overflowing_network() {
         ];
         let o = cnnprobe(tmp.path(), &args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("features.json")).unwrap()).unwrap();
-        let prov = m["provenance"].as_array().unwrap();
-        let convs = prov.iter().find(|kv| kv[0] == "convs").unwrap()[1].as_str().unwrap().to_string();
-        (convs, std::fs::read(out.join("train_features.npy")).unwrap())
+        (provenance(&out, "convs"), std::fs::read(out.join("train_features.npy")).unwrap())
     };
     let (fused_convs, fused) = run("auto");
     let (aten_convs, aten) = run("off");

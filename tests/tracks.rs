@@ -82,10 +82,7 @@ fn patch_filters_are_seeded_reproducible_and_labelled() {
     let first = run("p1", &["--first-layer", "signed-patches", "--seed", "3"]);
     assert_eq!(first, run("p2", &["--first-layer", "signed-patches", "--seed", "3"]));
     assert_ne!(first, run("p3", &["--first-layer", "signed-patches", "--seed", "4"]));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("p1/features.json")).unwrap()).unwrap();
-    let prov = m["provenance"].as_array().unwrap();
-    assert_eq!(prov.iter().find(|kv| kv[0] == "first_layer").unwrap()[1], "signed-patches");
+    assert_eq!(provenance(&tmp.path().join("p1"), "first_layer"), "signed-patches");
     // Pretrained filters are not replaced.
     let o =
         cnnprobe(tmp.path(), &["extract", "--data", d, "--weights", "imagenet", "--first-layer", "patches", "-o", "x"]);

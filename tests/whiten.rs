@@ -53,10 +53,7 @@ fn whitened_extraction_runs_and_says_so_and_refuses_a_resized_input() {
     };
     let o = extract("f", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("f/features.json")).unwrap()).unwrap();
-    let prov = m["provenance"].as_array().unwrap();
-    assert_eq!(prov.iter().find(|kv| kv[0] == "whiten").unwrap()[1], "zca:0.05");
+    assert_eq!(provenance(&tmp.path().join("f"), "whiten"), "zca:0.05");
     let o = extract("g", &["--input-size", "64"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("whitening needs them equal"), "{}", stderr(&o));

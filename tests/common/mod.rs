@@ -66,6 +66,15 @@ pub fn cnnprobe(cwd: &Path, args: &[&str]) -> Output {
         .expect("cnnprobe runs")
 }
 
+/// The value of `key` in the provenance of the feature export in `dir` (its features.json).
+pub fn provenance(dir: &Path, key: &str) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("features.json")).unwrap()).unwrap();
+    let prov = m["provenance"].as_array().unwrap();
+    let kv = prov.iter().find(|kv| kv[0] == key).unwrap_or_else(|| panic!("no {key} in {}", dir.display()));
+    kv[1].as_str().unwrap().to_string()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
