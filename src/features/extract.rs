@@ -355,6 +355,7 @@ pub fn extract(
     // starts from the split's size.
     let mut size = feed.batch_size.initial(net.device()).min(n.max(1));
     let mut health = Health::default();
+    let pad = net.device().is_cuda() && device::cudnn_search();
     tch::no_grad(|| -> Result<()> {
         for batch in source.batches(size, feed.workers) {
             interrupt::check()?;
@@ -364,7 +365,8 @@ pub fn extract(
             while i < m {
                 let ((f, used), worked) = with_backoff(size, |attempt| {
                     let len = attempt.min((m - i) as usize);
-                    let x = pad_for_cudnn(&images.narrow(0, i, len as i64), attempt, net.device());
+                    let x = images.narrow(0, i, len as i64);
+                    let x = if pad { pad_to(&x, attempt) } else { x };
                     let run = || (forward_eval(net, &norm.apply(&x), spec, &taps).narrow(0, 0, len as i64), len);
                     match feed.batch_size {
                         BatchSize::Fixed(_) => Ok(run()),
@@ -386,18 +388,17 @@ pub fn extract(
     Ok((health, start.elapsed().as_secs_f64()))
 }
 
-/// A short batch (a split's last) padded with black images to `size` on CUDA when cuDNN
-/// searches kernels (`device::cudnn_search`), which it does afresh for every new shape: on an
-/// H100 that search took 0.6–0.8 s per shape, against 14–22 ms for a whole batch of 2,048
-/// CIFAR images (results/gpu_check.csv). Images are independent in eval mode, so the
+/// A short batch (a split's last) padded with black images to `size`. Done on CUDA when
+/// cuDNN searches kernels (`device::cudnn_search`), which it does afresh for every new shape:
+/// on an H100 that search took 0.6–0.8 s per shape, against 14–22 ms for a whole batch of
+/// 2,048 CIFAR images (results/gpu_check.csv). Images are independent in eval mode, so the
 /// padding's rows are dropped without touching the others.
-fn pad_for_cudnn(x: &Tensor, size: usize, device: Device) -> Tensor {
-    let len = x.size()[0];
-    if !device.is_cuda() || !device::cudnn_search() || len >= size as i64 {
+fn pad_to(x: &Tensor, size: usize) -> Tensor {
+    let mut shape = x.size();
+    if shape[0] >= size as i64 {
         return x.shallow_clone();
     }
-    let mut shape = x.size();
-    shape[0] = size as i64 - len;
+    shape[0] = size as i64 - shape[0];
     Tensor::cat(&[x.shallow_clone(), Tensor::zeros(&shape, (x.kind(), x.device()))], 0)
 }
 
@@ -490,4 +491,19 @@ pub fn check_health(net: &Network, pre: &Preprocess, source: &Source, health: &H
         return Ok(());
     }
     bail!("{msg}: try another --init or --bn calibrate:N, or pass --allow-degenerate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_appends_black_images_and_leaves_full_batches_alone() {
+        let x = Tensor::ones([3, 3, 2, 2], (Kind::Uint8, Device::Cpu));
+        let p = pad_to(&x, 5);
+        assert_eq!(p.size(), [5, 3, 2, 2]);
+        assert!(p.narrow(0, 0, 3).equal(&x));
+        assert_eq!(p.narrow(0, 3, 2).sum(Kind::Int64).int64_value(&[]), 0);
+        assert!(pad_to(&x, 3).equal(&x) && pad_to(&x, 2).equal(&x));
+    }
 }
