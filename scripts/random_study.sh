@@ -79,6 +79,19 @@ if [[ $stage == all || $stage == screen ]]; then
   screen nograd-zca:0.01+hflip-test "${base[@]}" --hflip --hflip-test --whiten zca:0.01
 fi
 
+# One-layer patch networks (issue 13; Coates & Ng 2011, Thiry et al. 2021): cosines of 6×6
+# patches with K filters, both polarities soft-thresholded, pooled into 2×2 cells. Screened
+# at K = 512 (--width-mult 2) without flips, then the best settings at K = 2048.
+pn=(--arch patchnet --features encode:2)
+if [[ $stage == all || $stage == screen || $stage == patchnet ]]; then
+  screen nograd-patchnet-w2-pzca:0.01-soft:0.25 "${pn[@]}" --width-mult 2 --whiten patch-zca:0.01 \
+    --first-layer patches --encode soft:0.25
+  screen nograd-patchnet-w2-pzca:0.01-soft:0.1 "${pn[@]}" --width-mult 2 --whiten patch-zca:0.01 \
+    --first-layer patches --encode soft:0.1
+  screen nograd-patchnet-w2-pzca:0.1-soft:0.25 "${pn[@]}" --width-mult 2 --whiten patch-zca:0.1 \
+    --first-layer patches --encode soft:0.25
+fi
+
 # Finalists: the preset, three seeds, scored on test once each.
 if [[ $stage == all || $stage == final ]]; then
   for seed in 0 1 2; do

@@ -39,13 +39,13 @@ def main(path):
     rows = list(csv.DictReader(open(path, newline="")))
     screen = [r for r in rows if r["val_only"] == "true"]
     base = next((float(r["val_acc"]) for r in screen if r["tag"] == BASE), None)
-    print("| lever (tag) | track | arch | width | features | dims | flip views | BN | whiten | first layer | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| lever (tag) | track | arch | width | features | dims | flip views | BN | whiten | first layer | encode | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in screen:
         delta = f"{100 * (float(r['val_acc']) - base):+.2f}" if base is not None else ""
         print(
             f"| {r['tag']} | {track(r)} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r['features']} | {r['feature_dim']} "
-            f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r.get('first_layer') or 'random'} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r.get('first_layer') or 'random'} | {r.get('encode') or 'none'} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]
@@ -58,10 +58,11 @@ def main(path):
                 f"| {r['tag']} | {r['seed']} | {pct(r['val_acc'])} | {pct(r['test_top1'])} | {pct(r['test_top5'])} "
                 f"| {r['extract_s']} | {r['fit_s']} |"
             )
-        top1 = [100 * float(r["test_top1"]) for r in finals]
-        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
         print()
-        print(f"Finalists: test top-1 {statistics.mean(top1):.2f} ± {sd:.2f} % (mean ± sd over {len(top1)} seeds)")
+        for tag in dict.fromkeys(r["tag"] for r in finals):
+            top1 = [100 * float(r["test_top1"]) for r in finals if r["tag"] == tag]
+            sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+            print(f"- {tag}: test top-1 {statistics.mean(top1):.2f} ± {sd:.2f} % (mean ± sd over {len(top1)} seed(s))")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 //! BN calibration, feature taps and pooling.
 use cnnprobe::data::normalize;
 use cnnprobe::data::{Source, Split};
-use cnnprobe::features::{extract, taps, BatchSize, FeatureSpec, Pool, Precision, Preprocess, Resize};
+use cnnprobe::features::{extract, taps, BatchSize, Encode, FeatureSpec, Pool, Precision, Preprocess, Resize};
 use cnnprobe::models::init::{expected_std, InitScheme};
 use cnnprobe::models::layers::LayerKind;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
@@ -78,7 +78,7 @@ fn images(n: i64, seed: i64) -> Source {
 }
 
 fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
-    FeatureSpec { taps: taps.iter().map(|s| s.to_string()).collect(), pool, pool_size: k }
+    FeatureSpec { taps: taps.iter().map(|s| s.to_string()).collect(), pool, pool_size: k, encode: Encode::None }
 }
 
 fn feats(net: &Network, s: &FeatureSpec, data: &Source) -> Tensor {

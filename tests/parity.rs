@@ -5,7 +5,7 @@
 //! and cached under target/; skipped cleanly without the venv.
 mod common;
 
-use cnnprobe::features::{taps, FeatureSpec, Pool};
+use cnnprobe::features::{taps, Encode, FeatureSpec, Pool};
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use std::path::PathBuf;
 use std::process::Command;
@@ -42,8 +42,12 @@ fn check(arch: Arch) {
     net.load_weights(&dir.join(format!("{}.pth", arch.name()))).unwrap();
     let arrays: std::collections::HashMap<String, Tensor> =
         Tensor::read_npz(dir.join(format!("{}.npz", arch.name()))).unwrap().into_iter().collect();
-    let spec =
-        FeatureSpec { taps: if arch.is_vgg() { vec!["fc2".into()] } else { vec![] }, pool: Pool::Avg, pool_size: 1 };
+    let spec = FeatureSpec {
+        taps: if arch.is_vgg() { vec!["fc2".into()] } else { vec![] },
+        pool: Pool::Avg,
+        pool_size: 1,
+        encode: Encode::None,
+    };
     // Unfolded, folded, then folded with oneDNN's fused convs (CPU fp32 ResNets).
     for (fold, fused) in [(false, false), (true, false), (true, true)] {
         if fold {

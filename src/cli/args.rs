@@ -5,7 +5,7 @@ use crate::data::whiten::Whiten;
 use crate::data::{DatasetName, InputNorm, LabelSet};
 use crate::features::patches::FirstLayer;
 use crate::features::store::FeatureFormat;
-use crate::features::{BatchSize, BnSetting, FusedConvs, Pool, Precision, Resize};
+use crate::features::{BatchSize, BnSetting, Encode, FusedConvs, Pool, Precision, Resize};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, Stem, WeightsSource};
 use crate::probe::{Normalize, Schedule, Solver};
@@ -93,7 +93,8 @@ pub struct ModelArgs {
     /// ZCA-whiten each input image (zca, or zca:EPS with EPS relative to the mean eigenvalue,
     /// default 0.1), statistics from the train images: a data-dependent step, so the
     /// features are no longer data-free. For small images (CIFAR) at their own size.
-    #[arg(long, value_name = "zca[:EPS]", value_parser = parse::whiten)]
+    /// With --arch patchnet, patch-zca[:EPS] whitens its 6×6 patches instead.
+    #[arg(long, value_name = "[patch-]zca[:EPS]", value_parser = parse::whiten)]
     pub whiten: Option<Whiten>,
     /// The first convolution's filters: random (the init scheme's draw), patches (one
     /// training patch per filter, after normalisation and any --whiten, scaled to the random
@@ -131,6 +132,11 @@ pub struct ModelArgs {
     /// Adaptive K×K pooling: C·K² features per tapped stage.
     #[arg(long, default_value_t = 1, value_parser = parse::positive_usize)]
     pub pool_size: usize,
+    /// What each tapped map goes through before pooling: none, or soft:A (Coates & Ng's
+    /// soft threshold with both polarities, ReLU(z − A) and ReLU(−z − A): twice the
+    /// features). For --arch patchnet, whose responses are cosines in [−1, 1].
+    #[arg(long, default_value = "none", value_name = "none|soft:A", value_parser = parse::encode)]
+    pub encode: Encode,
     /// Seed of the weight draws, the validation split and the probe.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -1,7 +1,7 @@
 //! Value parsers for flags: a bad value fails while parsing, with one sentence.
 use crate::data::whiten::Whiten;
 use crate::features::patches::FirstLayer;
-use crate::features::{BatchSize, BnSetting};
+use crate::features::{BatchSize, BnSetting, Encode};
 use crate::models::init::InitScheme;
 use crate::models::WeightsSource;
 
@@ -22,6 +22,10 @@ pub fn bn(s: &str) -> Result<BnSetting, String> {
 }
 
 pub fn whiten(s: &str) -> Result<Whiten, String> {
+    s.parse()
+}
+
+pub fn encode(s: &str) -> Result<Encode, String> {
     s.parse()
 }
 

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 impl ModelArgs {
     /// The model with the input size and normalisation its weights call for.
     pub fn resolve(&self) -> Result<(ModelConfig, i64, InputNorm)> {
-        let stem = match (self.stem, self.arch.is_cifar_resnet()) {
+        let stem = match (self.stem, self.arch.cifar_only()) {
             (Some(Stem::Imagenet), true) => {
-                bail!("--stem imagenet: {} is a CIFAR ResNet and only has the cifar stem", self.arch.name())
+                bail!("--stem imagenet: {} is made for 32×32 images and only has the cifar stem", self.arch.name())
             }
             (Some(s), _) => s,
             (None, true) => Stem::Cifar,
@@ -32,6 +32,16 @@ impl ModelArgs {
         }
         if self.width_mult != 1.0 && self.weights != WeightsSource::Random {
             bail!("--width-mult {} changes every layer's shape; it needs --weights random", self.width_mult);
+        }
+        let patchnet = self.arch == crate::models::Arch::Patchnet;
+        if self.whiten.is_some_and(|w| w.patches) && !patchnet {
+            bail!("--whiten patch-zca whitens --arch patchnet's patches; use --whiten zca for whole images");
+        }
+        if !self.encode.is_none() && !patchnet {
+            bail!(
+                "--encode {} is for --arch patchnet, whose responses are signed; other networks' stages end in a ReLU",
+                self.encode
+            );
         }
         if !self.first_layer.is_random() && self.weights != WeightsSource::Random {
             bail!("--first-layer {} replaces random filters; it needs --weights random", self.first_layer);
@@ -69,7 +79,12 @@ impl ModelArgs {
             first_layer: self.first_layer,
             fused: self.fused,
             allow_degenerate: self.allow_degenerate,
-            features: FeatureSpec { taps: self.features.clone(), pool: self.pool, pool_size: self.pool_size as i64 },
+            features: FeatureSpec {
+                taps: self.features.clone(),
+                pool: self.pool,
+                pool_size: self.pool_size as i64,
+                encode: self.encode,
+            },
             hflip: self.hflip,
             hflip_test: self.hflip_test,
             compute: self.compute.config(),

@@ -8,7 +8,9 @@ use clap::ValueEnum;
 pub fn print() -> Result<()> {
     println!("{:<10} {:<9} description", "arch", "stages");
     for arch in Arch::value_variants() {
-        let stages = if arch.is_vgg() {
+        let stages = if *arch == Arch::Patchnet {
+            "encode"
+        } else if arch.is_vgg() {
             "block1-5"
         } else if arch.is_cifar_resnet() {
             "layer1-3"

@@ -8,11 +8,15 @@ use std::fmt;
 use std::str::FromStr;
 use tch::{Kind, Tensor};
 
-/// `--whiten zca[:EPS]`: EPS is relative to the covariance's mean eigenvalue (its trace
-/// over the dimension), so it means the same whatever the input scale.
+/// `--whiten [patch-]zca[:EPS]`: EPS is relative to the covariance's mean eigenvalue (its
+/// trace over the dimension), so it means the same whatever the input scale.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Whiten {
     pub eps: f64,
+    /// `patch-zca`: whiten `--arch patchnet`'s patches, not the images (absent from older
+    /// configs, which are all image ZCA).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patches: bool,
 }
 
 /// The default EPS: damps directions below a tenth of the mean variance.
@@ -25,21 +29,29 @@ pub const MAX_DIM: i64 = 3 * 36 * 36;
 impl FromStr for Whiten {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let eps = match s.split_once(':') {
-            None if s == "zca" => DEFAULT_EPS,
-            Some(("zca", e)) => e.parse::<f64>().map_err(|_| format!("--whiten zca:EPS: EPS {e:?} is not a number"))?,
-            _ => return Err(format!("--whiten: expected zca or zca:EPS, got {s:?}")),
+        let (name, eps) = match s.split_once(':') {
+            None => (s, None),
+            Some((name, e)) => (name, Some(e)),
+        };
+        let patches = match name {
+            "zca" => false,
+            "patch-zca" => true,
+            _ => return Err(format!("--whiten: expected zca, zca:EPS, patch-zca or patch-zca:EPS, got {s:?}")),
+        };
+        let eps = match eps {
+            None => DEFAULT_EPS,
+            Some(e) => e.parse::<f64>().map_err(|_| format!("--whiten {name}:EPS: EPS {e:?} is not a number"))?,
         };
         if !(eps.is_finite() && eps > 0.0) {
-            return Err(format!("--whiten zca:EPS: EPS must be positive, got {eps}"));
+            return Err(format!("--whiten {name}:EPS: EPS must be positive, got {eps}"));
         }
-        Ok(Whiten { eps })
+        Ok(Whiten { eps, patches })
     }
 }
 
 impl fmt::Display for Whiten {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "zca:{}", self.eps)
+        write!(f, "{}zca:{}", if self.patches { "patch-" } else { "" }, self.eps)
     }
 }
 
@@ -127,7 +139,12 @@ mod tests {
     fn parses_zca_and_eps() {
         assert_eq!("zca".parse::<Whiten>().unwrap().eps, DEFAULT_EPS);
         assert_eq!("zca:0.01".parse::<Whiten>().unwrap().eps, 0.01);
-        for bad in ["pca", "zca:", "zca:0", "zca:-1", "zca:x"] {
+        assert_eq!("patch-zca:0.01".parse::<Whiten>().unwrap(), Whiten { eps: 0.01, patches: true });
+        assert!(!"zca".parse::<Whiten>().unwrap().patches);
+        for w in ["zca:0.5", "patch-zca:0.01"] {
+            assert_eq!(w.parse::<Whiten>().unwrap().to_string(), w);
+        }
+        for bad in ["pca", "zca:", "zca:0", "zca:-1", "zca:x", "patch-zca:", "patch:0.1"] {
             assert!(bad.parse::<Whiten>().is_err(), "{bad}");
         }
     }

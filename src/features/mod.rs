@@ -13,4 +13,4 @@ pub mod taps;
 
 pub use extract::{BatchSize, BnSetting, Features, FusedConvs, Precision, Preprocess, Resize};
 pub use set::{extract_features, ExtractConfig, FeatureSet};
-pub use taps::{FeatureSpec, Pool};
+pub use taps::{Encode, FeatureSpec, Pool};

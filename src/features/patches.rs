@@ -4,7 +4,9 @@
 //! the no-gradient track, never of a data-free preset. Every later layer stays random.
 use super::extract::{Normalizer, Preprocess};
 use crate::data::split::{self, SplitMix64};
+use crate::data::whiten::Moments;
 use crate::data::Source;
+use crate::models::patchnet::{self, PatchNet};
 use crate::models::Network;
 use anyhow::{ensure, Result};
 use std::fmt;
@@ -84,12 +86,59 @@ pub fn sample(train: &Source, n: usize, size: i64, seed: u64, pre: &Preprocess) 
     Ok(Tensor::stack(&kept, 0))
 }
 
+/// `--whiten patch-zca:EPS` for `--arch patchnet`: the ZCA of every P×P patch of every
+/// train image (normalised as for extraction; 50k CIFAR images give 36M patches), no labels.
+pub fn whiten_patchnet(net: &mut Network, eps: f64, train: &Source, pre: &Preprocess, workers: usize) -> Result<()> {
+    let Some(pn) = net.body.as_patchnet_mut() else {
+        anyhow::bail!("--whiten patch-zca whitens --arch patchnet's patches; use --whiten zca for whole images")
+    };
+    ensure!(!train.is_empty(), "--whiten patch-zca: no train images");
+    let norm = Normalizer::new(pre, Device::Cpu);
+    let d = pn.patch_dim();
+    let mut moments = Moments::new(d);
+    let mut first = None;
+    tch::no_grad(|| -> Result<()> {
+        for batch in train.batches(256, workers) {
+            let x = norm.apply(&batch?.images).to_kind(Kind::Float);
+            moments.add(&PatchNet::patches(&x).transpose(1, 2).reshape([-1, d]));
+            first.get_or_insert(x);
+        }
+        Ok(())
+    })?;
+    let zca = moments.zca(eps)?;
+    eprintln!("whitening: ZCA of the {0}×{0} patches of {1} train images (eps {eps})", patchnet::PATCH, train.len());
+    pn.set_whitening(&zca.matrix, &zca.mean, &first.expect("train is not empty"))
+}
+
+/// `--first-layer patches` for `--arch patchnet`: each filter is a train patch mapped by the
+/// network's patch transform (its whitening, when fitted), at unit norm.
+fn patchnet_filters(pn: &mut PatchNet, how: FirstLayer, train: &Source, seed: u64, pre: &Preprocess) -> Result<()> {
+    let k = pn.filter_count();
+    let signed = how == FirstLayer::SignedPatches;
+    ensure!(!signed || k % 2 == 0, "--first-layer signed-patches needs an even filter count, got {k}");
+    let n = if signed { k / 2 } else { k };
+    eprintln!(
+        "filters: {n} {0}×{0} train patches{1}",
+        patchnet::PATCH,
+        if signed { ", and their negatives" } else { "" }
+    );
+    let p = sample(train, n as usize, patchnet::PATCH, seed, pre)?;
+    let mut rows = tch::no_grad(|| pn.transform(&p.flatten(1, -1).tr()).tr());
+    if signed {
+        rows = Tensor::cat(&[rows.shallow_clone(), -rows], 0);
+    }
+    pn.set_filters(&rows)
+}
+
 /// Replaces `net`'s first convolution's filters with patches from `train` (see `sample`),
 /// each scaled to the mean norm of the filters it replaces, so the random layers after it
 /// see activations of the usual size. The bias is left as initialised.
 pub fn init_first_layer(net: &mut Network, how: FirstLayer, train: &Source, seed: u64, pre: &Preprocess) -> Result<()> {
     if how.is_random() {
         return Ok(());
+    }
+    if let Some(pn) = net.body.as_patchnet_mut() {
+        return patchnet_filters(pn, how, train, seed, pre);
     }
     let mut units = net.body.units_mut();
     let first = units.first_mut().expect("every network has a first convolution");

@@ -190,7 +190,7 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     };
     let stats = cfg.data.stats(cfg.input_norm, &dataset)?;
     let zca = match cfg.whiten {
-        Some(w) => {
+        Some(w) if !w.patches => {
             let (h, wd) = dataset.train.image_size();
             ensure!(
                 (h, wd) == (input_size, input_size),
@@ -199,12 +199,15 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
             eprintln!("whitening: ZCA of {} train images (eps {})", dataset.train.len(), w.eps);
             Some(std::rc::Rc::new(whiten::fit(&dataset.train, stats, w.eps, cfg.data.workers)?))
         }
-        None => None,
+        _ => None,
     };
     let pre = Preprocess { stats, input_size, resize: cfg.resize, precision: cfg.precision, zca };
     // Patches are sampled in float32 from the whole train split whatever the shard, like BN
     // calibration, so every shard builds the same network.
     let fp32 = Preprocess { precision: Precision::Fp32, ..pre.clone() };
+    if let Some(w) = cfg.whiten.filter(|w| w.patches) {
+        patches::whiten_patchnet(&mut net, w.eps, &dataset.train, &fp32, cfg.data.workers)?;
+    }
     patches::init_first_layer(&mut net, cfg.first_layer, &dataset.train, cfg.model.seed, &fp32)?;
     if let BnSetting::Calibrate(n) = cfg.bn {
         // Calibration runs in float32 with a fixed batch, before any folding or casting, on
@@ -274,6 +277,7 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
         s("features", cfg.features.label()),
         s("pool", value_name(&cfg.features.pool)),
         s("pool_size", cfg.features.pool_size.to_string()),
+        s("encode", cfg.features.encode.to_string()),
         s("width_mult", cfg.model.width_mult.to_string()),
         s("hflip", cfg.hflip.to_string()),
         s("hflip_test", cfg.hflip_test.to_string()),

@@ -17,6 +17,48 @@ pub enum Pool {
     Avgmax,
 }
 
+/// `--encode`: what a tapped map goes through before pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Encode {
+    /// The map as it is (every network's stages already end in a ReLU, but patchnet's).
+    #[default]
+    None,
+    /// Coates & Ng's soft threshold with both polarities: ReLU(z − A) and ReLU(−z − A),
+    /// pooled separately and concatenated (twice the dimension).
+    Soft(f64),
+}
+
+impl Encode {
+    pub fn is_none(&self) -> bool {
+        *self == Encode::None
+    }
+}
+
+impl std::str::FromStr for Encode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "none" => Ok(Encode::None),
+            Some(("soft", a)) => match a.parse::<f64>() {
+                Ok(a) if a.is_finite() && a >= 0.0 => Ok(Encode::Soft(a)),
+                _ => Err(format!("--encode soft:A: A must be a number ≥ 0, got {a:?}")),
+            },
+            _ => Err(format!("--encode: expected none or soft:A, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Encode {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Encode::None => f.write_str("none"),
+            Encode::Soft(a) => write!(f, "soft:{a}"),
+        }
+    }
+}
+
+crate::serde_as_str!(Encode);
+
 /// Which features a run extracts.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct FeatureSpec {
@@ -26,6 +68,9 @@ pub struct FeatureSpec {
     pub pool: Pool,
     /// Adaptive K×K pooling: each tapped stage gives C·K² values (2·C·K² with avgmax).
     pub pool_size: i64,
+    /// Absent from older configs (which are all `none`), so their cache keys still match.
+    #[serde(default, skip_serializing_if = "Encode::is_none")]
+    pub encode: Encode,
 }
 
 impl FeatureSpec {
@@ -114,14 +159,37 @@ fn last_stage_needed(net: &Network, taps: &[(Tap, i64)]) -> usize {
         .unwrap_or(last)
 }
 
-/// The feature vector of a batch, under `mode`.
+/// The feature vector of a batch, under `mode`, in chunks where the network asks for them.
 pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
+    let n = x.size()[0];
+    match net.body.chunk() {
+        Some(c) if n > c => {
+            let parts: Vec<Tensor> = (0..n)
+                .step_by(c as usize)
+                .map(|i| forward_whole(net, &x.narrow(0, i, c.min(n - i)), spec, taps, mode))
+                .collect();
+            Tensor::cat(&parts, 0)
+        }
+        _ => forward_whole(net, x, spec, taps, mode),
+    }
+}
+
+fn forward_whole(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
+    if let ([(Tap::Stage(0), k)], Pool::Avg) = (taps, spec.pool) {
+        let soft = match spec.encode {
+            Encode::None => None,
+            Encode::Soft(a) => Some(a),
+        };
+        if let Some(f) = net.body.pooled_features(x, soft, *k) {
+            return f;
+        }
+    }
     let until = last_stage_needed(net, taps);
     let stages = net.body.forward_stages(x, mode, until);
     let parts: Vec<Tensor> = taps
         .iter()
         .map(|(t, k)| match t {
-            Tap::Stage(i) => pool(&stages[*i], spec.pool, *k),
+            Tap::Stage(i) => encode_pool(&stages[*i], spec, *k),
             Tap::Classifier => net.body.classifier_features(&stages[until]).expect("VGG has a classifier"),
         })
         .collect();
@@ -129,6 +197,15 @@ pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Ta
         parts.into_iter().next().expect("one part")
     } else {
         Tensor::cat(&parts, 1)
+    }
+}
+
+fn encode_pool(map: &Tensor, spec: &FeatureSpec, k: i64) -> Tensor {
+    match spec.encode {
+        Encode::None => pool(map, spec.pool, k),
+        Encode::Soft(a) => {
+            Tensor::cat(&[pool(&(map - a).relu(), spec.pool, k), pool(&(-map - a).relu(), spec.pool, k)], 1)
+        }
     }
 }
 

@@ -100,4 +100,69 @@ int cnnprobe_pin_memory(at::Tensor** out, const at::Tensor* x, char* err, size_t
   }
 }
 
+// Patch responses to pooled features in one pass (`--arch patchnet`): z (n, L, K) float
+// responses at L positions, inv (n, L) each position's pooling scale, thr (n, L) each
+// position's threshold, cells (C, L) the pooling weights. With `soft`, out is (n, 2, K, C):
+// Σ_l cells[c,l]·inv[l]·relu(z − thr) and the same of relu(−z − thr); without, (n, 1, K, C)
+// of z itself. Reads z once where separate ops would write and reread two maps its size.
+int cnnprobe_encode_pool(at::Tensor** out, const at::Tensor* z, const at::Tensor* inv, const at::Tensor* thr,
+                         const at::Tensor* cells, int soft, char* err, size_t err_len) {
+  try {
+    TORCH_CHECK(z->dim() == 3 && z->scalar_type() == at::kFloat && z->device().is_cpu(), "encode_pool: z must be (n, L, K) float on the CPU");
+    auto Z = z->contiguous();
+    auto I = inv->contiguous().to(at::kFloat);
+    auto T = thr->contiguous().to(at::kFloat);
+    auto P = cells->contiguous().to(at::kFloat);
+    const int64_t n = Z.size(0), L = Z.size(1), K = Z.size(2), C = P.size(0);
+    TORCH_CHECK(P.size(1) == L && I.numel() == n * L && T.numel() == n * L, "encode_pool: shapes disagree");
+    const int64_t parts = soft ? 2 : 1;
+    // Each position's cells (a position lies in one to four overlapping adaptive cells).
+    std::vector<std::vector<std::pair<int64_t, float>>> where(L);
+    const float* pc = P.data_ptr<float>();
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t l = 0; l < L; ++l)
+        if (pc[c * L + l] != 0.f) where[l].emplace_back(c, pc[c * L + l]);
+    auto result = at::empty({n, parts, K, C}, Z.options());
+    const float* pz = Z.data_ptr<float>();
+    const float* pi = I.data_ptr<float>();
+    const float* pt = T.data_ptr<float>();
+    float* po = result.data_ptr<float>();
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(parts * C * K);
+      for (int64_t i = begin; i < end; ++i) {
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t l = 0; l < L; ++l) {
+          const float* zr = pz + (i * L + l) * K;
+          const float s = pi[i * L + l], a = pt[i * L + l];
+          for (const auto& [c, w] : where[l]) {
+            const float ws = w * s;
+            float* ap = acc.data() + c * K;
+            if (soft) {
+              float* an = acc.data() + (C + c) * K;
+              for (int64_t k = 0; k < K; ++k) {
+                const float v = zr[k];
+                // v − a > 0 ? v − a : 0, written so that a NaN response stays NaN.
+                const float p = v - a, q = -v - a;
+                ap[k] += ws * (p < 0.f ? 0.f : p);
+                an[k] += ws * (q < 0.f ? 0.f : q);
+              }
+            } else {
+              for (int64_t k = 0; k < K; ++k) ap[k] += ws * zr[k];
+            }
+          }
+        }
+        float* oi = po + i * parts * K * C;
+        for (int64_t p = 0; p < parts; ++p)
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t c = 0; c < C; ++c) oi[(p * K + k) * C + c] = acc[(p * C + c) * K + k];
+      }
+    });
+    *out = new at::Tensor(std::move(result));
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
 }  // extern "C"

@@ -58,6 +58,17 @@ mod ffi {
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
+        #[allow(clippy::too_many_arguments)]
+        pub fn cnnprobe_encode_pool(
+            out: *mut *mut C_tensor,
+            z: *const C_tensor,
+            inv: *const C_tensor,
+            thr: *const C_tensor,
+            cells: *const C_tensor,
+            soft: c_int,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
     }
 }
 
@@ -110,6 +121,18 @@ mod ffi {
     ) -> c_int {
         absent(err, len)
     }
+    pub unsafe fn cnnprobe_encode_pool(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: c_int,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
 }
 
 /// Runs one shim call with an error buffer; Err carries the C++ exception's message.
@@ -145,6 +168,29 @@ pub fn pin_memory(x: &Tensor, device: Device) -> Tensor {
         Ok(()) => unsafe { Tensor::from_ptr(out) },
         Err(_) => x.pin_memory(device),
     }
+}
+
+/// `--arch patchnet`'s soft threshold and pooling in one pass over the responses `z`
+/// (n, L, K), float32 on the CPU: (n, 2, K, C) sums over positions l of
+/// `cells`[c, l]·`inv`[l]·relu(±z − `thr`[l]) with `soft`, else (n, 1, K, C) of `cells`·`inv`·z.
+/// Err where the shim is absent (the caller then takes libtorch's ops).
+pub fn encode_pool(z: &Tensor, inv: &Tensor, thr: &Tensor, cells: &Tensor, soft: bool) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the shim reads the four live tensors and writes one new tensor into `out`.
+    call(|err, len| unsafe {
+        ffi::cnnprobe_encode_pool(
+            &mut out,
+            z.as_ptr(),
+            inv.as_ptr(),
+            thr.as_ptr(),
+            cells.as_ptr(),
+            soft as i32,
+            err,
+            len,
+        )
+    })?;
+    // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).

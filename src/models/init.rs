@@ -38,6 +38,8 @@ pub enum Family {
     ResNet,
     /// torchvision VGG: conv kaiming-normal fan_out relu with bias 0, BN 1/0, Linear N(0, 0.01) bias 0.
     Vgg,
+    /// `patchnet`: draws its own filters (uniform random directions); no torchvision formula.
+    Patch,
 }
 
 impl FromStr for InitScheme {

@@ -4,6 +4,7 @@ pub mod frozen;
 pub mod fused;
 pub mod init;
 pub mod layers;
+pub mod patchnet;
 pub mod pretrained;
 pub mod resnet;
 pub mod vgg;
@@ -75,6 +76,9 @@ pub enum Arch {
     #[value(name = "vgg19_bn")]
     #[serde(rename = "vgg19_bn")]
     Vgg19Bn,
+    #[value(name = "patchnet")]
+    #[serde(rename = "patchnet")]
+    Patchnet,
 }
 
 impl Arch {
@@ -98,6 +102,7 @@ impl Arch {
             Arch::Vgg13Bn => "vgg13_bn",
             Arch::Vgg16Bn => "vgg16_bn",
             Arch::Vgg19Bn => "vgg19_bn",
+            Arch::Patchnet => "patchnet",
         }
     }
 
@@ -112,11 +117,18 @@ impl Arch {
 
     /// Whether torchvision publishes ImageNet weights for this arch.
     pub fn in_torchvision(self) -> bool {
-        !self.is_cifar_resnet()
+        !self.is_cifar_resnet() && self != Arch::Patchnet
+    }
+
+    /// Networks made for 32×32 images, which only have the CIFAR stem.
+    pub fn cifar_only(self) -> bool {
+        self.is_cifar_resnet() || self == Arch::Patchnet
     }
 
     pub fn family(self) -> Family {
-        if self.is_vgg() {
+        if self == Arch::Patchnet {
+            Family::Patch
+        } else if self.is_vgg() {
             Family::Vgg
         } else {
             Family::ResNet
@@ -132,6 +144,10 @@ impl Arch {
             }
             a if a.is_cifar_resnet() => {
                 "He et al. 2016 CIFAR ResNet, 3 stages 16/32/64, option-A (zero-pad) shortcuts; features: pooled layer3 (64)"
+            }
+            Arch::Patchnet => {
+                "one layer: cosines of 6×6 patches with 256×width random (or --first-layer patches) filters, \
+                 optionally patch-ZCA whitened (--whiten patch-zca); use with --encode soft:A"
             }
             _ => "torchvision VGG; features: pooled last conv block (512), or --features fc2 (4096)",
         }
@@ -174,6 +190,21 @@ pub trait Backbone {
     fn units_mut(&mut self) -> Vec<&mut ConvBn>;
     /// Features from the classifier (VGG's fc2); None where the family has none.
     fn classifier_features(&self, _last_stage: &Tensor) -> Option<Tensor> {
+        None
+    }
+    /// The patch network, for the steps that fill it from data (whitening, patch filters).
+    fn as_patchnet_mut(&mut self) -> Option<&mut patchnet::PatchNet> {
+        None
+    }
+    /// At most this many images per forward pass when features are taken (a wide stage
+    /// whose maps would otherwise take gigabytes at the batch size).
+    fn chunk(&self) -> Option<i64> {
+        None
+    }
+    /// A one-stage network's features straight from the input, where it has a faster way
+    /// than mapping and pooling: the first stage average-pooled k×k, after the soft
+    /// threshold `soft` if given (see features::taps::Encode). Equal to the generic path.
+    fn pooled_features(&self, _x: &Tensor, _soft: Option<f64>, _k: i64) -> Option<Tensor> {
         None
     }
 }
@@ -244,7 +275,9 @@ impl Network {
         // concurrent builds (tests, library users) cannot interleave their draws.
         let _draws = SEEDED_DRAWS.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(cfg.seed as i64);
-        let body: Box<dyn Backbone> = if cfg.arch.is_vgg() {
+        let body: Box<dyn Backbone> = if cfg.arch == Arch::Patchnet {
+            Box::new(patchnet::PatchNet::new(&root, cfg.width_mult))
+        } else if cfg.arch.is_vgg() {
             let depth = cfg.arch.name()[3..5].parse().expect("vgg depth");
             Box::new(vgg::Vgg::new(&root, depth, cfg.arch.name().ends_with("_bn"), cfg.stem, 1000, cfg.width_mult))
         } else {
@@ -335,8 +368,12 @@ impl Network {
     /// a libtorch whose ops pass `fused::available` (every family: ResNet and VGG). Returns
     /// whether they run.
     pub fn fuse(&mut self, on: bool) -> bool {
-        let on =
-            on && self.folded && self.device() == Device::Cpu && self.kind() == tch::Kind::Float && fused::available();
+        let on = on
+            && self.folded
+            && self.device() == Device::Cpu
+            && self.kind() == tch::Kind::Float
+            && !self.body.units_mut().is_empty()
+            && fused::available();
         self.body.units_mut().into_iter().for_each(|u| u.fuse(on));
         self.fused = on;
         on
