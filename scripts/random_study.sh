@@ -90,6 +90,14 @@ if [[ $stage == all || $stage == screen || $stage == patchnet ]]; then
     --first-layer patches --encode soft:0.1
   screen nograd-patchnet-w2-pzca:0.1-soft:0.25 "${pn[@]}" --width-mult 2 --whiten patch-zca:0.1 \
     --first-layer patches --encode soft:0.25
+  screen nograd-patchnet-w2-pzca:0.3-soft:0.25 "${pn[@]}" --width-mult 2 --whiten patch-zca:0.3 \
+    --first-layer patches --encode soft:0.25
+  # The best of the above (eps 0.1, threshold 0.25) at K = 1024 with both flip views. At
+  # K = 2048 (16384 features) the probe's copies of 100k train rows passed 24 GB: killed.
+  screen nograd-patchnet-w4-pzca:0.1-soft:0.25+hflip-test "${pn[@]}" --width-mult 4 \
+    --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25 --hflip --hflip-test
+  # Data-free: the same network with random unit filters on unwhitened patches.
+  screen patchnet-w2-soft:0.1 "${pn[@]}" --width-mult 2 --encode soft:0.1
 fi
 
 # Finalists: the preset, three seeds, scored on test once each.

@@ -127,6 +127,26 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
     }
     assert!(row["test_top1"].parse::<f64>().is_ok(), "a preset run is scored on test");
 
+    // The no-gradient preset: the patch network with its data steps, labelled as such.
+    let mut args = vec!["run", "--preset", "patches-best", "--data", data.to_str().unwrap(), "--summary", "p.csv"];
+    args.extend(["--width-mult", "0.25", "--out", "p"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row = &summary_rows(&tmp.path().join("p.csv"))[0];
+    for (col, want) in [
+        ("preset", "patches-best"),
+        ("arch", "patchnet"),
+        ("whiten", "patch-zca:0.1"),
+        ("first_layer", "patches"),
+        ("encode", "soft:0.25"),
+        ("feature_dim", "512"), // 64 filters, 2 polarities, 2×2 cells
+        ("hflip_test", "true"),
+    ] {
+        assert_eq!(row[col], want, "column {col}");
+    }
+    assert!(row["test_top1"].parse::<f64>().is_ok(), "a preset run is scored on test");
+
     let o = cnnprobe(tmp.path(), &["run", "--preset", "best"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no preset 'best'; choose from random-best"), "{}", stderr(&o));

@@ -66,6 +66,36 @@ pub const PRESETS: &[Preset] = &[
         ],
         random_only: &[],
     },
+    Preset {
+        name: "patches-best",
+        about: "the best no-gradient recipe of results/random_study.csv so far, chosen on validation \
+            (issue 13): one layer of 2048 6x6 filters, each a ZCA-whitened patch sampled from the \
+            train images (no labels, no gradients, but not data-free), cosine responses \
+            soft-thresholded at 0.25 with both polarities, pooled 2x2 (16384 features); mirrored \
+            views as in random-best; L-BFGS probe with the L2 strength chosen on validation",
+        flags: &[
+            "--arch",
+            "patchnet",
+            "--width-mult",
+            "8",
+            "--whiten",
+            "patch-zca:0.1",
+            "--first-layer",
+            "patches",
+            "--encode",
+            "soft:0.25",
+            "--features",
+            "encode:2",
+            "--hflip",
+            "--hflip-test",
+            "--solver",
+            "lbfgs",
+            "--wd-search",
+            "--normalize",
+            "standardize",
+        ],
+        random_only: &[],
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Preset> {
@@ -147,6 +177,15 @@ mod tests {
             assert_eq!(value_of(&out, flag).as_deref(), Some(value), "{flag}");
         }
         assert_eq!(value_of(&out, "--arch").as_deref(), Some("vgg16"));
+    }
+
+    #[test]
+    fn patches_best_is_the_patch_network_with_its_data_steps() {
+        let out = expand(os(&["cnnprobe", "run", "--preset", "patches-best", "--encode", "soft:0.1"]));
+        for (flag, value) in [("--arch", "patchnet"), ("--whiten", "patch-zca:0.1"), ("--first-layer", "patches")] {
+            assert_eq!(value_of(&out, flag).as_deref(), Some(value), "{flag}");
+        }
+        assert_eq!(value_of(&out, "--encode").as_deref(), Some("soft:0.1"));
     }
 
     #[test]
