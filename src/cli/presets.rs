@@ -69,15 +69,15 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "patches-best",
         about: "the best no-gradient recipe of results/random_study.csv so far, chosen on validation \
-            (issue 13): one layer of 2048 6x6 filters, each a ZCA-whitened patch sampled from the \
+            (issue 13): one layer of 1024 6x6 filters, each a ZCA-whitened patch sampled from the \
             train images (no labels, no gradients, but not data-free), cosine responses \
-            soft-thresholded at 0.25 with both polarities, pooled 2x2 (16384 features); mirrored \
+            soft-thresholded at 0.25 with both polarities, pooled 2x2 (8192 features); mirrored \
             views as in random-best; L-BFGS probe with the L2 strength chosen on validation",
         flags: &[
             "--arch",
             "patchnet",
             "--width-mult",
-            "8",
+            "4",
             "--whiten",
             "patch-zca:0.1",
             "--first-layer",
