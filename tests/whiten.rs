@@ -59,5 +59,5 @@ fn whitened_extraction_runs_and_says_so_and_refuses_a_resized_input() {
     assert!(stderr(&o).contains("whitening needs them equal"), "{}", stderr(&o));
     let o = cnnprobe(tmp.path(), &["extract", "--data", d, "--whiten", "pca"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("expected zca or zca:EPS"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected zca, zca:EPS, patch-zca or patch-zca:EPS"), "{}", stderr(&o));
 }
