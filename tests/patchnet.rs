@@ -118,11 +118,7 @@ fn fast_features_equal_mapping_then_pooling() {
         assert_eq!(got.size(), want.size(), "{encode} k={k}");
         assert!(rel_err(&got, &want) < 1e-4, "{encode} k={k}: off by {}", rel_err(&got, &want));
         // libtorch's ops (CUDA's path) give the same.
-        let soft = match encode {
-            Encode::None => None,
-            Encode::Soft(a) => Some(a),
-        };
-        let body = net.body.pooled_features(&x, soft, k).unwrap();
+        let body = net.body.pooled_features(&x, encode.threshold(), k).unwrap();
         assert!(rel_err(&body, &want) < 1e-4);
         // The check can fail: another threshold gives other features.
         if let Encode::Soft(a) = encode {

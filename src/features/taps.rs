@@ -32,6 +32,14 @@ impl Encode {
     pub fn is_none(&self) -> bool {
         *self == Encode::None
     }
+
+    /// The soft threshold, if any.
+    pub fn threshold(&self) -> Option<f64> {
+        match self {
+            Encode::None => None,
+            Encode::Soft(a) => Some(*a),
+        }
+    }
 }
 
 impl std::str::FromStr for Encode {
@@ -159,8 +167,15 @@ fn last_stage_needed(net: &Network, taps: &[(Tap, i64)]) -> usize {
         .unwrap_or(last)
 }
 
-/// The feature vector of a batch, under `mode`, in chunks where the network asks for them.
+/// The feature vector of a batch, under `mode`: the network's own pooled features where it
+/// has them (whole batch: it chunks and reuses its buffers itself), else its maps pooled
+/// here, in chunks where the network asks for them.
 pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
+    if let ([(Tap::Stage(0), k)], Pool::Avg) = (taps, spec.pool) {
+        if let Some(f) = net.body.pooled_features(x, spec.encode.threshold(), *k) {
+            return f;
+        }
+    }
     let n = x.size()[0];
     match net.body.chunk() {
         Some(c) if n > c => {
@@ -175,15 +190,6 @@ pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Ta
 }
 
 fn forward_whole(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
-    if let ([(Tap::Stage(0), k)], Pool::Avg) = (taps, spec.pool) {
-        let soft = match spec.encode {
-            Encode::None => None,
-            Encode::Soft(a) => Some(a),
-        };
-        if let Some(f) = net.body.pooled_features(x, soft, *k) {
-            return f;
-        }
-    }
     let until = last_stage_needed(net, taps);
     let stages = net.body.forward_stages(x, mode, until);
     let parts: Vec<Tensor> = taps

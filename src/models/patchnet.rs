@@ -107,9 +107,7 @@ impl PatchNet {
         let norm = (v.square().sum_dim_intlist(1, true, v.kind()) + &self.floor).sqrt();
         (self.filters.matmul(&v) / norm).view([n, -1, h, w])
     }
-}
 
-impl PatchNet {
     /// The responses' features without their maps: soft-encoded with threshold `soft` (or
     /// as they are) and averaged over `k`×`k` adaptive cells, laid out as the generic path
     /// lays them out (both polarities' K·k² values, positive first). Per chunk of images,
