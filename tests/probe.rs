@@ -190,12 +190,12 @@ fn run_writes_protocol_files_and_columns() {
     }
 }
 
-/// `probe::fit` takes the fit rows by value (it frees them before the refit).
+/// `probe::fit` takes the fit rows by value: it scales them in place and frees them before the refit.
 fn own(f: &Features) -> Features {
-    Features { x: f.x.shallow_clone(), y: f.y.shallow_clone() }
+    Features { x: f.x.copy(), y: f.y.copy() }
 }
 
 /// Fit on `train`, choose on `val`, no mirrored views.
-fn data<'a>(train: &Features, val: &'a Features, classes: usize) -> TrainingData<'a> {
-    TrainingData { fit: own(train), val, val_view: None, refit_extra: None, classes }
+fn data<'a>(train: &'a Features, val: &'a Features, classes: usize) -> TrainingData<'a> {
+    TrainingData { fit: own(train), val, val_view: None, refit: vec![train, val], classes }
 }

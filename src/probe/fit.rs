@@ -26,14 +26,16 @@ pub struct Fitted {
     pub fit_s: f64,
 }
 
-/// The rows a fit sees. `fit` is owned so it can be freed before the refit.
+/// The rows a fit sees.
 pub struct TrainingData<'a> {
+    /// The rows the head is fitted on and chosen with. Owned: they are scaled in place.
     pub fit: Features,
     pub val: &'a Features,
     /// What validation is scored on when not `val.x` (e.g. the mean of two views).
     pub val_view: Option<&'a Tensor>,
-    /// Rows that join only the refit on train+val (e.g. flipped validation images).
-    pub refit_extra: Option<&'a Features>,
+    /// Every row of the refit on train+val (fit rows, validation rows and any views that
+    /// join only the refit), stacked only once the search's matrices are freed.
+    pub refit: Vec<&'a Features>,
     pub classes: usize,
 }
 
@@ -50,17 +52,34 @@ struct Solved {
 
 /// Moves features to the device when they fit; otherwise keeps them on the CPU and the
 /// gradient solvers move mini-batches (L-BFGS, which needs all rows at once, then runs on the CPU).
-fn place(x: &Tensor, device: Device) -> Tensor {
+fn place(x: Tensor, device: Device) -> Tensor {
     if device == Device::Cpu {
-        return x.shallow_clone();
+        return x;
     }
     match x.f_to_device(device) {
         Ok(t) => t,
         Err(_) => {
             eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
-            x.shallow_clone()
+            x
         }
     }
+}
+
+/// The parts' rows in one matrix, written into a single allocation (no concatenated
+/// temporaries beside it), on `device` when they fit there.
+fn stack(parts: &[&Features], device: Device) -> (Tensor, Tensor) {
+    let n: i64 = parts.iter().map(|f| f.x.size()[0]).sum();
+    let first = &parts[0];
+    let x = Tensor::empty([n, first.x.size()[1]], (first.x.kind(), Device::Cpu));
+    let y = Tensor::empty([n], (first.y.kind(), Device::Cpu));
+    let mut at = 0;
+    for f in parts {
+        let len = f.x.size()[0];
+        x.narrow(0, at, len).copy_(&f.x);
+        y.narrow(0, at, len).copy_(&f.y);
+        at += len;
+    }
+    (place(x, device), place(y, device))
 }
 
 /// Fits the head on `data.fit`, using the validation rows only to choose (strength, epoch).
@@ -69,12 +88,12 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
     ensure!(data.val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
     let start = Instant::now();
     let c = data.classes as i64;
-    let (x_raw, y) = (place(&data.fit.x, device), place(&data.fit.y, device));
-    let yv = place(&data.val.y, device);
-    let xv_score = place(data.val_view.unwrap_or(&data.val.x), device);
-    let scaler = Scaler::fit(&x_raw, s.normalize);
-    let (x, xv) = (scaler.apply(&x_raw), scaler.apply(&xv_score));
-    drop(xv_score);
+    let TrainingData { fit: rows, val, val_view, refit, .. } = data;
+    let (mut x, y) = (place(rows.x, device), place(rows.y, device));
+    let yv = place(val.y.shallow_clone(), device);
+    let scaler = Scaler::fit(&x, s.normalize);
+    scaler.apply_in_place(&mut x);
+    let xv = scaler.apply(&place(val_view.unwrap_or(&val.x).shallow_clone(), device));
     let fitted = |head, chosen, grid, solved: Solved, refit| Fitted {
         head,
         chosen_weight_decay: chosen,
@@ -86,7 +105,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         fit_s: start.elapsed().as_secs_f64(),
     };
     if !s.wd_search {
-        let solved = solve((&x, &y), Some((&xv, &yv)), c, s.weight_decay, s, device, None)?;
+        let solved = solve((&x, &y), Some((&xv, &yv)), c, s.weight_decay, s, device, Warm::default())?;
         let grid = vec![GridPoint {
             stage: "fixed",
             weight_decay: s.weight_decay,
@@ -96,21 +115,17 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler };
         return Ok(fitted(head, s.weight_decay, grid, solved, false));
     }
-    let (grid, chosen, val_acc, warm) = {
-        let mut search = Search::new(&x, &y, (&xv, &yv), c, s, device);
-        search.run()?;
-        let (chosen, val_acc) = search.chosen();
-        let warm = search.nearest(chosen);
-        (search.grid, chosen, val_acc, warm)
-    };
-    // The search's matrices are as large as the features: free them before the refit's.
-    drop((x, xv));
+    let mut search = Search::new(&x, &y, (&xv, &yv), c, s, device);
+    search.run()?;
+    let (chosen, val_acc) = search.chosen();
+    let warm = search.nearest(chosen);
+    let (grid, whitening) = search.finish();
     if s.val_only {
         // A study's screening run: the head fitted on the fit part, no refit.
         let (w, b) = match warm {
             Some(wb) => wb,
             None => {
-                let sol = solve((&scaler.apply(&x_raw), &y), None, c, chosen, s, device, None)?;
+                let sol = solve((&x, &y), None, c, chosen, s, device, Warm::default())?;
                 (sol.w, sol.b)
             }
         };
@@ -118,14 +133,10 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
             Solved { w: w.shallow_clone(), b: b.shallow_clone(), epochs: vec![], best_epoch: 0, val_acc, steps: 0 };
         return Ok(fitted(Head { w, b, scaler }, chosen, grid, solved, false));
     }
-    // Refit on train+val with the chosen strength; scaling from all of train.
-    let xv_raw = place(&data.val.x, device);
-    let (mut all_x, mut all_y) = (Tensor::cat(&[&x_raw, &xv_raw], 0), Tensor::cat(&[&y, &yv], 0));
-    if let Some(extra) = data.refit_extra {
-        all_x = Tensor::cat(&[all_x, place(&extra.x, device)], 0);
-        all_y = Tensor::cat(&[all_y, place(&extra.y, device)], 0);
-    }
-    drop((x_raw, xv_raw, data.fit));
+    // The search's matrices are as large as the features: free them before the refit's.
+    drop((x, xv, y));
+    // Refit on train+val with the chosen strength; scaling from all of its rows.
+    let (mut all_x, all_y) = stack(&refit, device);
     let scaler = Scaler::fit(&all_x, s.normalize);
     scaler.apply_in_place(&mut all_x);
     let mut refit_settings = s.clone();
@@ -134,7 +145,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         refit_settings.epochs =
             grid.iter().find(|g| g.weight_decay == chosen).map(|g| g.steps.max(1)).unwrap_or(s.epochs);
     }
-    let mut solved = solve((&all_x, &all_y), None, c, chosen, &refit_settings, device, warm)?;
+    let mut solved = solve((&all_x, &all_y), None, c, chosen, &refit_settings, device, Warm { head: warm, whitening })?;
     solved.val_acc = val_acc;
     let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler };
     Ok(fitted(head, chosen, grid, solved, true))
@@ -148,7 +159,7 @@ struct Search<'a> {
     classes: i64,
     s: &'a ProbeConfig,
     device: Device,
-    basis: Option<lbfgs::Basis>,
+    basis: Option<lbfgs::Basis<'a>>,
     /// L-BFGS solutions (W, b) by strength: warm starts for the next point and the refit.
     solutions: Vec<(f64, (Tensor, Tensor))>,
     grid: Vec<GridPoint>,
@@ -210,6 +221,11 @@ impl<'a> Search<'a> {
             .map(|(_, (w, b))| (w.shallow_clone(), b.shallow_clone()))
     }
 
+    /// The grid, and the eigenbasis for the refit to reuse (L-BFGS).
+    fn finish(self) -> (Vec<GridPoint>, Option<lbfgs::Whitening>) {
+        (self.grid, self.basis.map(lbfgs::Basis::into_whitening))
+    }
+
     /// The chosen strength and its validation accuracy.
     fn chosen(&self) -> (f64, f64) {
         let chosen = best_point(&self.grid);
@@ -229,6 +245,14 @@ fn best_point(grid: &[GridPoint]) -> f64 {
     best.weight_decay
 }
 
+/// Where a solve starts: a solution at a nearby strength, and the eigenbasis of the
+/// search's rows for L-BFGS to reuse (any orthonormal basis gives the same optimum).
+#[derive(Default)]
+struct Warm {
+    head: Option<(Tensor, Tensor)>,
+    whitening: Option<lbfgs::Whitening>,
+}
+
 /// One fit at a fixed strength, with the configured solver.
 fn solve(
     (x, y): (&Tensor, &Tensor),
@@ -237,13 +261,16 @@ fn solve(
     wd: f64,
     s: &ProbeConfig,
     device: Device,
-    warm: Option<(Tensor, Tensor)>,
+    warm: Warm,
 ) -> Result<Solved> {
     match s.solver {
         Solver::Lbfgs => {
-            let basis = lbfgs::Basis::new(x, y, classes);
+            let basis = match warm.whitening {
+                Some(wh) => lbfgs::Basis::with(x, y, classes, wh),
+                None => lbfgs::Basis::new(x, y, classes),
+            };
             let p = basis.problem(wd);
-            let start = warm.map(|(w, b)| p.pack(&w, &b)).unwrap_or_else(|| p.zeros());
+            let start = warm.head.map(|(w, b)| p.pack(&w, &b)).unwrap_or_else(|| p.zeros());
             let sol = lbfgs::minimize(&p, start, s.max_iter, LBFGS_TOL)?;
             let (w, b) = p.unpack(&sol.theta);
             let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);

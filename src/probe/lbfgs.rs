@@ -7,56 +7,75 @@
 //! λ/2·Σ_j ‖v_j‖²/λ_j. L-BFGS starts each step from the matching diagonal curvature, so
 //! strongly correlated features no longer cost hundreds of iterations. Convergence is
 //! judged on the gradient with respect to W itself, as scikit-learn judges it.
+//! Z is never formed: logits are X·(U·Λ^-½·Vᵀ) and the gradient is (Gᵀ·X)·U·Λ^-½, two
+//! D×D×C products per evaluation instead of an N×D×D transform and a second feature-sized
+//! matrix. Any orthonormal U gives the same optimum, so a refit on more rows may reuse the
+//! search's eigenbasis as it is.
 //! The gradient is written out (softmax − one-hot), so no autograd graph is built.
 use tch::{Kind, Tensor};
 
-/// Whitening of one feature matrix, shared by every λ of a search.
-pub struct Basis {
-    /// Whitened features Z (N, D).
-    z: Tensor,
-    /// One-hot labels, float (N, C).
-    onehot: Tensor,
+/// The eigenbasis of one feature matrix's second moment: the change of coordinates.
+pub struct Whitening {
     /// 1/λ_j: the penalty weight of each whitened direction.
     pen: Tensor,
-    /// Λ^-½·Uᵀ (D, D): W = V·to_w.
-    to_w: Tensor,
+    /// U·Λ^-½ (D, D): Z = X·to_z, and W = V·to_zᵀ.
+    to_z: Tensor,
     /// U·Λ^½ (D, D): V = W·from_w.
     from_w: Tensor,
+}
+
+impl Whitening {
+    pub fn of(x: &Tensor) -> Whitening {
+        let n = x.size()[0] as f64;
+        let cov = x.tr().mm(x) / n;
+        let (evals, u) = Tensor::linalg_eigh(&cov, "L");
+        drop(cov);
+        // Directions with (near) zero variance carry no data; keep them finite.
+        let floor = (evals.max().double_value(&[]) * 1e-7).max(1e-12);
+        let evals = evals.clamp_min(floor);
+        Whitening {
+            to_z: &u * evals.rsqrt().unsqueeze(0),
+            from_w: &u * evals.sqrt().unsqueeze(0),
+            pen: evals.reciprocal(),
+        }
+    }
+}
+
+/// One feature matrix, its labels and a change of coordinates, shared by every λ of a search.
+pub struct Basis<'a> {
+    /// Features X (N, D), borrowed: the basis adds no feature-sized matrix.
+    x: &'a Tensor,
+    /// One-hot labels, float (N, C).
+    onehot: Tensor,
+    whitening: Whitening,
     classes: i64,
     dim: i64,
 }
 
-impl Basis {
-    pub fn new(x: &Tensor, y: &Tensor, classes: i64) -> Basis {
-        let n = x.size()[0] as f64;
-        let dim = x.size()[1];
-        let cov = x.tr().mm(x) / n;
-        let (evals, u) = Tensor::linalg_eigh(&cov, "L");
-        // Directions with (near) zero variance carry no data; keep them finite.
-        let floor = (evals.max().double_value(&[]) * 1e-7).max(1e-12);
-        let evals = evals.clamp_min(floor);
-        let inv_sqrt = evals.rsqrt();
-        let z = x.mm(&(&u * inv_sqrt.unsqueeze(0)));
-        Basis {
-            z,
-            onehot: y.one_hot(classes).to_kind(x.kind()),
-            pen: evals.reciprocal(),
-            to_w: inv_sqrt.unsqueeze(1) * u.tr(),
-            from_w: &u * evals.sqrt().unsqueeze(0),
-            classes,
-            dim,
-        }
+impl<'a> Basis<'a> {
+    pub fn new(x: &'a Tensor, y: &Tensor, classes: i64) -> Basis<'a> {
+        Basis::with(x, y, classes, Whitening::of(x))
+    }
+
+    /// A basis with a given change of coordinates (e.g. the search's, for the refit).
+    pub fn with(x: &'a Tensor, y: &Tensor, classes: i64, whitening: Whitening) -> Basis<'a> {
+        let onehot = y.one_hot(classes).to_kind(x.kind());
+        Basis { x, onehot, whitening, classes, dim: x.size()[1] }
     }
 
     pub fn problem(&self, lambda: f64) -> Problem<'_> {
         Problem { basis: self, lambda }
+    }
+
+    pub fn into_whitening(self) -> Whitening {
+        self.whitening
     }
 }
 
 /// One objective: a basis and an L2 strength. Parameters are one flat vector
 /// [V (C×D) row-major, b (C)], so L-BFGS's history is plain dots.
 pub struct Problem<'a> {
-    basis: &'a Basis,
+    basis: &'a Basis<'a>,
     pub lambda: f64,
 }
 
@@ -74,38 +93,41 @@ impl Problem<'_> {
     /// gradient (the two skinny matmuls are memory-bound; this halves the traffic).
     pub fn eval(&self, theta: &Tensor) -> (f64, Tensor) {
         let b = self.basis;
-        let n = b.z.size()[0];
+        let wh = &b.whitening;
+        let n = b.x.size()[0];
         let (v, bias) = self.split(theta);
-        let (vt, bias_row) = (v.tr(), bias.unsqueeze(0));
-        let opts = (b.z.kind(), b.z.device());
-        let mut gv = Tensor::zeros([b.classes, b.dim], opts);
+        // Original-coordinate weights (D, C): X·wt = Z·Vᵀ.
+        let (wt, bias_row) = (wh.to_z.mm(&v.tr()), bias.unsqueeze(0));
+        let opts = (b.x.kind(), b.x.device());
+        let mut gx = Tensor::zeros([b.classes, b.dim], opts);
         let mut gb = Tensor::zeros([b.classes], opts);
-        let mut ce = Tensor::zeros([], (Kind::Double, b.z.device()));
+        let mut ce = Tensor::zeros([], (Kind::Double, b.x.device()));
         let block = (BLOCK_BYTES / (4 * b.dim.max(1))).max(256);
         let mut start = 0;
         while start < n {
             let len = block.min(n - start);
-            let (zb, yb) = (b.z.narrow(0, start, len), b.onehot.narrow(0, start, len));
-            let logp = bias_row.addmm(&zb, &vt).log_softmax(1, b.z.kind());
+            let (xb, yb) = (b.x.narrow(0, start, len), b.onehot.narrow(0, start, len));
+            let logp = bias_row.addmm(&xb, &wt).log_softmax(1, b.x.kind());
             ce -= (&logp * &yb).sum(Kind::Double);
             // d/dlogits = softmax − onehot (divided by n below)
             let g = logp.exp() - &yb;
-            gv = gv.addmm(&g.tr(), &zb);
-            gb += g.sum_dim_intlist(0, false, b.z.kind());
+            gx = gx.addmm(&g.tr(), &xb);
+            gb += g.sum_dim_intlist(0, false, b.x.kind());
             start += len;
         }
         let nf = n as f64;
-        let penalised = &v * &b.pen;
+        let penalised = &v * &wh.pen;
         let reg = 0.5 * self.lambda * (&penalised * &v).sum(Kind::Double);
         let loss = (ce / nf + reg).double_value(&[]);
-        let gv = gv / nf + penalised * self.lambda;
+        // ∂/∂V = Gᵀ·Z = (Gᵀ·X)·U·Λ^-½.
+        let gv = gx.mm(&wh.to_z) / nf + penalised * self.lambda;
         (loss, Tensor::cat(&[gv.flatten(0, -1), gb / nf], 0))
     }
 
     /// Largest gradient component with respect to the original (W, b).
     fn w_gradient_max(&self, g: &Tensor) -> f64 {
         let (gv, gb) = self.split(g);
-        let gw = gv.mm(&self.basis.from_w.tr());
+        let gw = gv.mm(&self.basis.whitening.from_w.tr());
         gw.abs().max().double_value(&[]).max(gb.abs().max().double_value(&[]))
     }
 
@@ -113,25 +135,25 @@ impl Problem<'_> {
     /// whitened direction, plus the penalty's): L-BFGS's initial inverse Hessian.
     fn preconditioner(&self) -> Tensor {
         let b = self.basis;
-        let w = (&b.pen * self.lambda + 0.25).reciprocal().unsqueeze(0).expand([b.classes, b.dim], false);
-        let bias = Tensor::full([b.classes], 4.0, (b.z.kind(), b.z.device()));
+        let w = (&b.whitening.pen * self.lambda + 0.25).reciprocal().unsqueeze(0).expand([b.classes, b.dim], false);
+        let bias = Tensor::full([b.classes], 4.0, (b.x.kind(), b.x.device()));
         Tensor::cat(&[w.flatten(0, -1), bias], 0)
     }
 
     pub fn zeros(&self) -> Tensor {
         let b = self.basis;
-        Tensor::zeros([b.classes * b.dim + b.classes], (b.z.kind(), b.z.device()))
+        Tensor::zeros([b.classes * b.dim + b.classes], (b.x.kind(), b.x.device()))
     }
 
     /// Weight (C, D) and bias (C) in the original feature coordinates.
     pub fn unpack(&self, theta: &Tensor) -> (Tensor, Tensor) {
         let (v, b) = self.split(theta);
-        (v.mm(&self.basis.to_w), b.copy())
+        (v.mm(&self.basis.whitening.to_z.tr()), b.copy())
     }
 
     /// The parameters of an original-coordinate (W, b), for warm starts.
     pub fn pack(&self, w: &Tensor, b: &Tensor) -> Tensor {
-        Tensor::cat(&[w.mm(&self.basis.from_w).flatten(0, -1), b.shallow_clone()], 0)
+        Tensor::cat(&[w.mm(&self.basis.whitening.from_w).flatten(0, -1), b.shallow_clone()], 0)
     }
 }
 

@@ -24,30 +24,24 @@ pub struct Evaluation {
 pub fn evaluate(set: &FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<Evaluation> {
     let classes = set.class_names.len();
     let parts = split::stratified(&set.train.y, classes, cfg.val_fraction, cfg.seed);
-    let mut fit_rows = select(&set.train, &parts.fit);
-    let val = select(&set.train, &parts.val);
+    let val = select(&[(&set.train, &parts.val)]);
     // Flipped copies of the fit rows train too; those of the validation rows join only the
     // refit, so no view of a validation image is ever fitted before it is scored.
-    let mut refit_extra = None;
-    if let Some(flip) = &set.train_flip {
-        let f = select(flip, &parts.fit);
-        fit_rows = Features { x: Tensor::cat(&[&fit_rows.x, &f.x], 0), y: Tensor::cat(&[&fit_rows.y, &f.y], 0) };
-        refit_extra = Some(select(flip, &parts.val));
-    }
+    let (fit_rows, val_flip) = match &set.train_flip {
+        Some(flip) => (select(&[(&set.train, &parts.fit), (flip, &parts.fit)]), Some(select(&[(flip, &parts.val)]))),
+        None => (select(&[(&set.train, &parts.fit)]), None),
+    };
     // Test-time flip: a linear head's mean logit over two views is its logit of their mean.
     let mean_view = |a: &Tensor, b: &Tensor| (a + b) / 2.0;
-    let val_view = match (&refit_extra, set.test_flip.is_some()) {
+    let val_view = match (&val_flip, set.test_flip.is_some()) {
         (Some(vf), true) => Some(mean_view(&val.x, &vf.x)),
         _ => None,
     };
+    drop(val_flip);
     let n_train = fit_rows.y.size()[0];
-    let data = TrainingData {
-        fit: fit_rows,
-        val: &val,
-        val_view: val_view.as_ref(),
-        refit_extra: refit_extra.as_ref(),
-        classes,
-    };
+    // The refit sees every train row (fit and validation) and every flipped one.
+    let refit = std::iter::once(&set.train).chain(set.train_flip.as_ref()).collect();
+    let data = TrainingData { fit: fit_rows, val: &val, val_view: val_view.as_ref(), refit, classes };
     let fitted = fit(data, cfg, device)?;
     // The only place the test split meets the head: after every choice is made, and never
     // in a --val-only screening run.
@@ -61,7 +55,20 @@ pub fn evaluate(set: &FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<E
     Ok(Evaluation { fitted, val_indices: parts.val, n_train, n_test: set.test.y.size()[0], test })
 }
 
-fn select(f: &Features, idx: &[i64]) -> Features {
-    let idx = Tensor::from_slice(idx).to_kind(Kind::Int64);
-    Features { x: f.x.index_select(0, &idx), y: f.y.index_select(0, &idx) }
+/// The given rows of each part, in order, gathered into one allocation (a concatenation
+/// would hold the parts and their sum at once: twice the fit rows at the peak).
+fn select(parts: &[(&Features, &[i64])]) -> Features {
+    let n: i64 = parts.iter().map(|(_, idx)| idx.len() as i64).sum();
+    let (f0, _) = parts[0];
+    let x = Tensor::empty([n, f0.x.size()[1]], (f0.x.kind(), f0.x.device()));
+    let y = Tensor::empty([n], (f0.y.kind(), f0.y.device()));
+    let mut at = 0;
+    for (f, idx) in parts {
+        let len = idx.len() as i64;
+        let idx = Tensor::from_slice(idx).to_kind(Kind::Int64).to_device(f.x.device());
+        let _ = f.x.index_select_out(&x.narrow(0, at, len), 0, &idx);
+        let _ = f.y.index_select_out(&y.narrow(0, at, len), 0, &idx);
+        at += len;
+    }
+    Features { x, y }
 }
