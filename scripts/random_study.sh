@@ -6,7 +6,7 @@
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
-# finalists (the preset, seeds 0-2) are scored on test, once each. Every run appends one row
+# finalists (each preset, seeds 0-2) are scored on test, once each. Every run appends one row
 # to results/random_study.csv with its lever in the `tag` column; a row already there is not
 # run again, so the script resumes after an interruption.
 set -euo pipefail
@@ -100,19 +100,24 @@ if [[ $stage == all || $stage == screen || $stage == patchnet ]]; then
   screen patchnet-w2-soft:0.1 "${pn[@]}" --width-mult 2 --encode soft:0.1
 fi
 
-# Finalists: the preset, three seeds, scored on test once each.
+# Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak
+# resident memory per seed come from /usr/bin/time (GNU time: %e seconds, %M KiB).
 if [[ $stage == all || $stage == final ]]; then
-  for seed in 0 1 2; do
-    tag=final-random-best
-    out=$runs/$tag-s$seed
-    [[ -f $csv ]] && tail -n +2 "$csv" | grep ",$tag," | grep -q "$out" && continue
-    echo "== $tag seed $seed"
-    start=$SECONDS
-    # Uncached, so the wall time below is a user's first run (extraction included).
-    "$bin" run --preset random-best --dataset cifar10 --data "$data" --seed "$seed" --no-cache \
-      --summary "$csv" --tag "$tag" --out "$out"
-    [[ -f results/random_study_wall.csv ]] || echo "tag,seed,threads,wall_s" >results/random_study_wall.csv
-    echo "$tag,$seed,$(nproc),$((SECONDS - start))" >>results/random_study_wall.csv
+  wall=results/random_study_wall.csv
+  [[ -f $wall ]] || echo "tag,seed,threads,wall_s,peak_rss_gb" >"$wall"
+  for preset in random-best patches-best; do
+    for seed in 0 1 2; do
+      tag=final-$preset
+      out=$runs/$tag-s$seed
+      [[ -f $csv ]] && tail -n +2 "$csv" | grep ",$tag," | grep -q "$out" && continue
+      echo "== $tag seed $seed"
+      # Uncached, so the wall time is a user's first run (extraction included).
+      /usr/bin/time -f "%e %M" -o "$out.time" "$bin" run --preset "$preset" --dataset cifar10 \
+        --data "$data" --seed "$seed" --no-cache --summary "$csv" --tag "$tag" --out "$out"
+      read -r secs kib <"$out.time"
+      rm "$out.time"
+      echo "$tag,$seed,$(nproc),${secs%.*},$(awk -v k="$kib" 'BEGIN { printf "%.2f", k / 1048576 }')" >>"$wall"
+    done
   done
 fi
 
