@@ -28,13 +28,14 @@ pub struct Fitted {
 
 /// The rows a fit sees.
 pub struct TrainingData<'a> {
-    /// The rows the head is fitted on and chosen with. Owned: they are scaled in place.
+    /// The rows the head is fitted on while `val` chooses. Owned: they are scaled in place.
     pub fit: Features,
     pub val: &'a Features,
     /// What validation is scored on when not `val.x` (e.g. the mean of two views).
     pub val_view: Option<&'a Tensor>,
-    /// Every row of the refit on train+val (fit rows, validation rows and any views that
-    /// join only the refit), stacked only once the search's matrices are freed.
+    /// Every row of the refit on train+val: the fit rows (flipped views included), the
+    /// validation rows and their views. Stacked only for that refit (not for --val-only or
+    /// a fixed strength), once the search's matrices are freed.
     pub refit: Vec<&'a Features>,
     pub classes: usize,
 }
@@ -66,12 +67,19 @@ fn place(x: Tensor, device: Device) -> Tensor {
 }
 
 /// The parts' rows in one matrix, written into a single allocation (no concatenated
-/// temporaries beside it), on `device` when they fit there.
-fn stack(parts: &[&Features], device: Device) -> (Tensor, Tensor) {
+/// temporaries beside it): on `device` when it fits there, else in host memory.
+fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tensor)> {
+    let Some(first) = parts.first() else { anyhow::bail!("the refit has no rows") };
     let n: i64 = parts.iter().map(|f| f.x.size()[0]).sum();
-    let first = &parts[0];
-    let x = Tensor::empty([n, first.x.size()[1]], (first.x.kind(), Device::Cpu));
-    let y = Tensor::empty([n], (first.y.kind(), Device::Cpu));
+    let shape = [n, first.x.size()[1]];
+    let x = match Tensor::f_empty(shape, (first.x.kind(), device)) {
+        Ok(x) => x,
+        Err(_) => {
+            eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
+            Tensor::empty(shape, (first.x.kind(), Device::Cpu))
+        }
+    };
+    let y = Tensor::empty([n], (first.y.kind(), x.device()));
     let mut at = 0;
     for f in parts {
         let len = f.x.size()[0];
@@ -79,7 +87,7 @@ fn stack(parts: &[&Features], device: Device) -> (Tensor, Tensor) {
         y.narrow(0, at, len).copy_(&f.y);
         at += len;
     }
-    (place(x, device), place(y, device))
+    Ok((x, y))
 }
 
 /// Fits the head on `data.fit`, using the validation rows only to choose (strength, epoch).
@@ -89,11 +97,13 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
     let start = Instant::now();
     let c = data.classes as i64;
     let TrainingData { fit: rows, val, val_view, refit, .. } = data;
-    let (mut x, y) = (place(rows.x, device), place(rows.y, device));
-    let yv = place(val.y.shallow_clone(), device);
+    let mut x = place(rows.x, device);
+    // Labels live with their features, wherever those ended up.
+    let y = rows.y.to_device(x.device());
+    let yv = val.y.to_device(x.device());
     let scaler = Scaler::fit(&x, s.normalize);
     scaler.apply_in_place(&mut x);
-    let xv = scaler.apply(&place(val_view.unwrap_or(&val.x).shallow_clone(), device));
+    let xv = scaler.apply(&val_view.unwrap_or(&val.x).to_device(x.device()));
     let fitted = |head, chosen, grid, solved: Solved, refit| Fitted {
         head,
         chosen_weight_decay: chosen,
@@ -136,7 +146,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
     // The search's matrices are as large as the features: free them before the refit's.
     drop((x, xv, y));
     // Refit on train+val with the chosen strength; scaling from all of its rows.
-    let (mut all_x, all_y) = stack(&refit, device);
+    let (mut all_x, all_y) = stack(&refit, device)?;
     let scaler = Scaler::fit(&all_x, s.normalize);
     scaler.apply_in_place(&mut all_x);
     let mut refit_settings = s.clone();
@@ -246,7 +256,8 @@ fn best_point(grid: &[GridPoint]) -> f64 {
 }
 
 /// Where a solve starts: a solution at a nearby strength, and the eigenbasis of the
-/// search's rows for L-BFGS to reuse (any orthonormal basis gives the same optimum).
+/// search's rows for L-BFGS to reuse (the same optimum; it saves the refit an N×D×D product
+/// and a D×D eigendecomposition).
 #[derive(Default)]
 struct Warm {
     head: Option<(Tensor, Tensor)>,
@@ -270,7 +281,8 @@ fn solve(
                 None => lbfgs::Basis::new(x, y, classes),
             };
             let p = basis.problem(wd);
-            let start = warm.head.map(|(w, b)| p.pack(&w, &b)).unwrap_or_else(|| p.zeros());
+            let on = |t: Tensor| t.to_device(x.device());
+            let start = warm.head.map(|(w, b)| p.pack(&on(w), &on(b))).unwrap_or_else(|| p.zeros());
             let sol = lbfgs::minimize(&p, start, s.max_iter, LBFGS_TOL)?;
             let (w, b) = p.unpack(&sol.theta);
             let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);

@@ -7,10 +7,11 @@
 //! λ/2·Σ_j ‖v_j‖²/λ_j. L-BFGS starts each step from the matching diagonal curvature, so
 //! strongly correlated features no longer cost hundreds of iterations. Convergence is
 //! judged on the gradient with respect to W itself, as scikit-learn judges it.
-//! Z is never formed: logits are X·(U·Λ^-½·Vᵀ) and the gradient is (Gᵀ·X)·U·Λ^-½, two
-//! D×D×C products per evaluation instead of an N×D×D transform and a second feature-sized
-//! matrix. Any orthonormal U gives the same optimum, so a refit on more rows may reuse the
-//! search's eigenbasis as it is.
+//! Z is never formed: logits are X·(U·Λ^-½·Vᵀ) and the gradient is (Gᵀ·X)·U·Λ^-½, so the
+//! basis holds no second feature-sized matrix (two small D×D×C products per evaluation).
+//! The change of coordinates is exact for any orthonormal U and positive Λ, so a refit on
+//! more rows may reuse the search's eigenbasis: the optimum is the same, only the
+//! conditioning (and so where the stopping rules stop) can differ slightly.
 //! The gradient is written out (softmax − one-hot), so no autograd graph is built.
 use tch::{Kind, Tensor};
 
@@ -25,6 +26,7 @@ pub struct Whitening {
 }
 
 impl Whitening {
+    /// From XᵀX/n of `x`: one N×D×D product and a D×D eigendecomposition.
     pub fn of(x: &Tensor) -> Whitening {
         let n = x.size()[0] as f64;
         let cov = x.tr().mm(x) / n;
@@ -38,6 +40,11 @@ impl Whitening {
             from_w: &u * evals.sqrt().unsqueeze(0),
             pen: evals.reciprocal(),
         }
+    }
+
+    fn to_device(&self, device: tch::Device) -> Whitening {
+        let on = |t: &Tensor| t.to_device(device);
+        Whitening { pen: on(&self.pen), to_z: on(&self.to_z), from_w: on(&self.from_w) }
     }
 }
 
@@ -57,9 +64,11 @@ impl<'a> Basis<'a> {
         Basis::with(x, y, classes, Whitening::of(x))
     }
 
-    /// A basis with a given change of coordinates (e.g. the search's, for the refit).
+    /// A basis with a given change of coordinates (e.g. the search's, for the refit), moved
+    /// to the features' device if it was computed elsewhere.
     pub fn with(x: &'a Tensor, y: &Tensor, classes: i64, whitening: Whitening) -> Basis<'a> {
-        let onehot = y.one_hot(classes).to_kind(x.kind());
+        let onehot = y.to_device(x.device()).one_hot(classes).to_kind(x.kind());
+        let whitening = if whitening.pen.device() == x.device() { whitening } else { whitening.to_device(x.device()) };
         Basis { x, onehot, whitening, classes, dim: x.size()[1] }
     }
 
@@ -270,6 +279,30 @@ mod tests {
     /// f(θ) = ‖θ‖², evaluated with its gradient.
     fn bowl(t: &Tensor) -> (f64, Tensor) {
         (t.dot(t).double_value(&[]), t * 2.0)
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        // In f64, so central differences are accurate to ~1e-8.
+        tch::manual_seed(1);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let x = Tensor::randn([40, 5], opts) * Tensor::from_slice(&[1.0f64, 3.0, 0.1, 1.0, 2.0]);
+        let y = Tensor::randint(3, [40], (Kind::Int64, tch::Device::Cpu));
+        let basis = Basis::new(&x, &y, 3);
+        let p = basis.problem(0.05);
+        let theta = Tensor::randn([3 * 5 + 3], opts) * 0.3;
+        let (_, g) = p.eval(&theta);
+        let h = 1e-5;
+        for i in 0..theta.size()[0] {
+            let e = Tensor::zeros_like(&theta);
+            let _ = e.get(i).fill_(h);
+            let fd = (p.eval(&(&theta + &e)).0 - p.eval(&(&theta - &e)).0) / (2.0 * h);
+            let an = g.double_value(&[i]);
+            assert!((fd - an).abs() < 1e-6 * (1.0 + an.abs()), "parameter {i}: {an} vs {fd}");
+        }
+        // The parameters round-trip through original coordinates.
+        let (w, b) = p.unpack(&theta);
+        assert!(p.pack(&w, &b).allclose(&theta, 1e-10, 1e-10, false));
     }
 
     #[test]
