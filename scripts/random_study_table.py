@@ -4,10 +4,12 @@
     python3 scripts/random_study_table.py [results/random_study.csv]
 
 Screening rows (val_only=true) are listed with their validation accuracy and the change
-against the base point; finalist rows (scored on test) are summarised as mean ± sd.
+against the base point; finalist rows (scored on test) are summarised as mean ± sd, with the
+wall time and peak RSS of each seed from random_study_wall.csv beside the CSV when present.
 Standard library only.
 """
 import csv
+import os
 import statistics
 import sys
 
@@ -49,14 +51,19 @@ def main(path):
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]
+    wall_path = os.path.join(os.path.dirname(path), "random_study_wall.csv")
+    wall = {}
+    if os.path.exists(wall_path):
+        wall = {(w["tag"], w["seed"]): w for w in csv.DictReader(open(wall_path, newline=""))}
     if finals:
         print()
-        print("| finalist (tag) | seed | val acc % | test top-1 % | test top-5 % | extract s | fit s |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("| finalist (tag) | track | seed | val acc % | test top-1 % | test top-5 % | extract s | fit s | wall s | peak RSS GB |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in finals:
+            w = wall.get((r["tag"], r["seed"]), {})
             print(
-                f"| {r['tag']} | {r['seed']} | {pct(r['val_acc'])} | {pct(r['test_top1'])} | {pct(r['test_top5'])} "
-                f"| {r['extract_s']} | {r['fit_s']} |"
+                f"| {r['tag']} | {track(r)} | {r['seed']} | {pct(r['val_acc'])} | {pct(r['test_top1'])} | {pct(r['test_top5'])} "
+                f"| {r['extract_s']} | {r['fit_s']} | {w.get('wall_s', '')} | {w.get('peak_rss_gb', '')} |"
             )
         print()
         for tag in dict.fromkeys(r["tag"] for r in finals):
