@@ -60,10 +60,15 @@ fn place(x: Tensor, device: Device) -> Tensor {
     match x.f_to_device(device) {
         Ok(t) => t,
         Err(_) => {
-            eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
+            warn_host(device);
             x
         }
     }
+}
+
+/// The one message for features that fall back to host memory (placed or stacked).
+fn warn_host(device: Device) {
+    eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
 }
 
 /// The parts' rows in one matrix, written into a single allocation (no concatenated
@@ -75,7 +80,7 @@ fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tensor)> {
     let x = match Tensor::f_empty(shape, (first.x.kind(), device)) {
         Ok(x) => x,
         Err(_) => {
-            eprintln!("warning: features do not fit on {device:?}; keeping them in host memory");
+            warn_host(device);
             Tensor::empty(shape, (first.x.kind(), Device::Cpu))
         }
     };
