@@ -16,8 +16,13 @@ stage=${STAGE:-all}
 "$here/setup.sh" >/dev/null
 source "$here/env.sh"
 cd "$CNNPROBE_ROOT"
-cargo build --release --quiet
-bin=$CNNPROBE_ROOT/target/release/cnnprobe
+# CNNPROBE_BIN: a binary built before (screens can then run while the tree is being edited).
+if [[ -n ${CNNPROBE_BIN:-} ]]; then
+  bin=$CNNPROBE_BIN
+else
+  cargo build --release --quiet
+  bin=$CNNPROBE_ROOT/target/release/cnnprobe
+fi
 csv=results/random_study.csv
 runs=results/runs/random_study
 mkdir -p "$runs"
@@ -98,6 +103,13 @@ if [[ $stage == all || $stage == screen || $stage == patchnet ]]; then
     --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25 --hflip --hflip-test
   # Data-free: the same network with random unit filters on unwhitened patches.
   screen patchnet-w2-soft:0.1 "${pn[@]}" --width-mult 2 --encode soft:0.1
+fi
+
+# Pooling (issue 13): finer cells and overlapping windows at K = 512, no flips, against
+# nograd-patchnet-w2-pzca:0.1-soft:0.25 (2×2 cells).
+pw=(--arch patchnet --width-mult 2 --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25)
+if [[ $stage == pool ]]; then
+  screen nograd-patchnet-w2-pzca:0.1-soft:0.25-cells3 "${pw[@]}" --features encode:3
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak

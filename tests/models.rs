@@ -194,7 +194,17 @@ fn taps_and_pooling_give_documented_dimensions() {
     .unwrap();
     assert_eq!(taps::feature_dim(&narrow, &spec(&[], Pool::Avg, 1), 32).unwrap(), 256);
     let err = taps::feature_dim(&vgg, &spec(&["block1:0"], Pool::Avg, 1), 32).unwrap_err().to_string();
-    assert_eq!(err, "--features block1:0: the pooling size after ':' must be a positive whole number");
+    assert_eq!(
+        err,
+        "--features block1:0: the pooling after ':' must be K (K×K cells) or W/S (W×W windows at stride S), \
+         positive whole numbers"
+    );
+    // Windows: block1's 16×16 map, 5×5 at stride 3 gives 4×4 values per channel, 8×8 at
+    // stride 4 gives 3×3.
+    assert_eq!(taps::feature_dim(&vgg, &spec(&["block1:5/3"], Pool::Avg, 1), 32).unwrap(), 64 * 16);
+    assert_eq!(taps::feature_dim(&vgg, &spec(&["block1:8/4"], Pool::Max, 1), 32).unwrap(), 64 * 9);
+    let err = taps::feature_dim(&vgg, &spec(&["block5:2/1"], Pool::Avg, 1), 32).unwrap_err().to_string();
+    assert_eq!(err, "--features block5:2/1: a 2×2 window exceeds the 1×1 map of block5 at 32×32 input");
     let err = taps::feature_dim(&vgg, &spec(&["block5:2"], Pool::Avg, 1), 32).unwrap_err().to_string();
     assert_eq!(err, "--pool-size 2 is larger than the 1×1 map of block5 at 32×32 input");
     let r20 = Network::build(&cfg(Arch::Resnet20, Stem::Cifar, InitScheme::Torchvision, 0)).unwrap();

@@ -8,6 +8,7 @@ use cnnprobe::features::patches::{self, FirstLayer};
 use cnnprobe::features::{taps, Encode, FeatureSpec, Pool, Precision, Preprocess, Resize};
 use cnnprobe::models::init::InitScheme;
 use cnnprobe::models::layers::BnMode;
+use cnnprobe::models::pooling::Grid;
 use cnnprobe::models::{Arch, ModelConfig, Network, Stem};
 use common::*;
 use tch::{Kind, Tensor};
@@ -92,10 +93,15 @@ np.save("floor.npy", np.array([0.1 * (v ** 2).sum(1).mean()], np.float32))
     assert!(err < 1e-3, "norm floor off numpy's by {err} (relative)");
 }
 
-/// The features as any network's: the `encode` map, thresholded, then adaptive pooling.
-fn generic(net: &Network, x: &Tensor, encode: Encode, k: i64) -> Tensor {
+/// The features as any network's: the `encode` map, thresholded, then libtorch's pooling.
+fn generic(net: &Network, x: &Tensor, encode: Encode, grid: Grid) -> Tensor {
     let z = &net.body.forward_stages(x, BnMode::Eval, 0)[0];
-    let pool = |t: &Tensor| t.adaptive_avg_pool2d([k, k]).flatten(1, -1);
+    let pool = |t: &Tensor| match grid {
+        Grid::Cells(k) => t.adaptive_avg_pool2d([k, k]).flatten(1, -1),
+        Grid::Window { size, stride } => {
+            t.avg_pool2d([size, size], [stride, stride], [0, 0], false, true, None).flatten(1, -1)
+        }
+    };
     match encode {
         Encode::None => pool(z),
         Encode::Soft(a) => Tensor::cat(&[pool(&(z - a).relu()), pool(&(-z - a).relu())], 1),
@@ -111,14 +117,22 @@ fn fast_features_equal_mapping_then_pooling() {
     patches::init_first_layer(&mut net, FirstLayer::Patches, &train, 1, &preprocess()).unwrap();
     // 21 images: one full chunk of 16 and a short one.
     let x = normalised(&imgs.narrow(0, 0, 21));
-    for (encode, k) in [(Encode::Soft(0.2), 2), (Encode::Soft(0.0), 3), (Encode::None, 1), (Encode::Soft(0.1), 27)] {
+    let window = |size, stride| Grid::Window { size, stride };
+    for (encode, k) in [
+        (Encode::Soft(0.2), Grid::Cells(2)),
+        (Encode::Soft(0.0), Grid::Cells(3)),
+        (Encode::None, Grid::Cells(1)),
+        (Encode::Soft(0.1), Grid::Cells(27)),
+        (Encode::Soft(0.2), window(5, 3)),
+        (Encode::None, window(13, 7)),
+    ] {
         let want = tch::no_grad(|| generic(&net, &x, encode, k));
         let spec = FeatureSpec { taps: vec![format!("encode:{k}")], pool: Pool::Avg, pool_size: 1, encode };
         let got = taps::forward_batch(&net, &spec, &x).unwrap();
         assert_eq!(got.size(), want.size(), "{encode} k={k}");
         assert!(rel_err(&got, &want) < 1e-4, "{encode} k={k}: off by {}", rel_err(&got, &want));
         // libtorch's ops (CUDA's path) give the same.
-        let body = net.body.pooled_features(&x, encode.threshold(), k).unwrap();
+        let body = net.body.pooled_features(&x, encode.threshold(), k).unwrap().unwrap();
         assert!(rel_err(&body, &want) < 1e-4);
         // The check can fail: another threshold gives other features.
         if let Encode::Soft(a) = encode {
@@ -128,8 +142,8 @@ fn fast_features_equal_mapping_then_pooling() {
     }
     let mut by_ops = net;
     let pn = by_ops.body.as_patchnet_mut().unwrap();
-    let ops = tch::no_grad(|| pn.pooled_with(&x, Some(0.2), 2, false));
-    let shim = tch::no_grad(|| pn.pooled_with(&x, Some(0.2), 2, true));
+    let ops = tch::no_grad(|| pn.pooled_with(&x, Some(0.2), Grid::Cells(2), false).unwrap());
+    let shim = tch::no_grad(|| pn.pooled_with(&x, Some(0.2), Grid::Cells(2), true).unwrap());
     assert!(rel_err(&ops, &shim) < 1e-4, "libtorch ops and the shim differ by {}", rel_err(&ops, &shim));
 }
 

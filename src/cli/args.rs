@@ -122,8 +122,9 @@ pub struct ModelArgs {
     #[arg(long, requires = "hflip")]
     pub hflip_test: bool,
     /// Stages to tap, comma-separated (e.g. layer2,layer3,layer4; VGG: block1…block5 or fc2)
-    /// [default: the last stage]. `name:K` pools that stage K×K instead of --pool-size
-    /// (e.g. block1:4,block2:2).
+    /// [default: the last stage]. `name:K` pools that stage into K×K cells instead of
+    /// --pool-size (e.g. block1:4,block2:2); `name:W/S` pools it over W×W windows at stride
+    /// S, which overlap when S < W (e.g. encode:5/3, Thiry et al.'s local pooling).
     #[arg(long, visible_alias = "taps", value_delimiter = ',', action = ArgAction::Set)]
     pub features: Vec<String>,
     /// Pooling of each tapped stage.

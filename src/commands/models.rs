@@ -21,7 +21,8 @@ pub fn print() -> Result<()> {
     }
     println!();
     println!("Features: the last stage, globally average-pooled, unless --features/--taps names stages");
-    println!("(pooled with --pool avg|max|avgmax over --pool-size K×K cells, then concatenated) or fc2 (VGG).");
+    println!("(pooled with --pool avg|max|avgmax over --pool-size K×K cells, or per stage NAME:K cells or");
+    println!("NAME:W/S windows of W×W at stride S, then concatenated) or fc2 (VGG).");
     println!("Init (--init): torchvision (default; the family's torchvision formulas), pytorch-default,");
     println!("kaiming-normal, xavier-uniform, orthogonal, normal:STD, uniform:A. Drawn on the CPU from --seed.");
     println!();

@@ -1,5 +1,6 @@
 //! Which stages to tap and how each is pooled into the feature vector.
 use crate::models::layers::BnMode;
+use crate::models::pooling::Grid;
 use crate::models::{fused, Network};
 use crate::UsageError;
 use anyhow::Result;
@@ -98,26 +99,21 @@ pub(crate) enum Tap {
     Classifier,
 }
 
-/// The taps of `spec` resolved against `net`, each with its pooling size (`name:K`
-/// overrides `--pool-size` for that tap); errors name the valid choices.
-pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64)>> {
+/// The taps of `spec` resolved against `net`, each with its pooling (`name:K` cells or
+/// `name:W/S` windows override `--pool-size` for that tap); errors name the valid choices.
+pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, Grid)>> {
     let names = net.body.stage_names();
     if spec.taps.is_empty() {
-        return Ok(vec![(Tap::Stage(names.len() - 1), spec.pool_size)]);
+        return Ok(vec![(Tap::Stage(names.len() - 1), Grid::Cells(spec.pool_size))]);
     }
     let mut taps = Vec::new();
     for t in &spec.taps {
         let (name, size) = match t.split_once(':') {
-            Some((name, k)) => match k.parse::<i64>() {
-                Ok(k) if k > 0 => (name, k),
-                _ => {
-                    return Err(UsageError(format!(
-                        "--features {t}: the pooling size after ':' must be a positive whole number"
-                    ))
-                    .into())
-                }
+            Some((name, g)) => match g.parse::<Grid>() {
+                Ok(g) => (name, g),
+                Err(e) => return Err(UsageError(format!("--features {t}: {e}")).into()),
             },
-            None => (t.as_str(), spec.pool_size),
+            None => (t.as_str(), Grid::Cells(spec.pool_size)),
         };
         if name == "fc2" && net.arch.is_vgg() {
             taps.push((Tap::Classifier, size));
@@ -140,7 +136,7 @@ pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, i64
 /// forward pass after which `fused::fp_raised` reports an invalid operation or overflow
 /// (oneDNN's ReLU may then have turned a NaN into 0) is rerun on aten's ops, and so is a
 /// batch with a non-finite pixel (a NaN crosses a convolution without raising a flag).
-pub(crate) fn forward_eval(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)]) -> Tensor {
+pub(crate) fn forward_eval(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, Grid)]) -> Tensor {
     if !net.is_fused() {
         return forward(net, x, spec, taps, BnMode::Eval);
     }
@@ -156,7 +152,7 @@ pub(crate) fn forward_eval(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: 
 }
 
 /// The last stage the taps read (the classifier reads the last of all).
-fn last_stage_needed(net: &Network, taps: &[(Tap, i64)]) -> usize {
+fn last_stage_needed(net: &Network, taps: &[(Tap, Grid)]) -> usize {
     let last = net.body.stage_names().len() - 1;
     taps.iter()
         .map(|(t, _)| match t {
@@ -170,10 +166,11 @@ fn last_stage_needed(net: &Network, taps: &[(Tap, i64)]) -> usize {
 /// The feature vector of a batch, under `mode`: the network's own pooled features where it
 /// has them (whole batch: it chunks and reuses its buffers itself), else its maps pooled
 /// here, in chunks where the network asks for them.
-pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
-    if let ([(Tap::Stage(0), k)], Pool::Avg) = (taps, spec.pool) {
-        if let Some(f) = net.body.pooled_features(x, spec.encode.threshold(), *k) {
-            return f;
+pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, Grid)], mode: BnMode) -> Tensor {
+    if let ([(Tap::Stage(0), grid)], Pool::Avg) = (taps, spec.pool) {
+        if let Some(f) = net.body.pooled_features(x, spec.encode.threshold(), *grid) {
+            // `feature_dim`'s dry run has checked that the grid fits the map.
+            return f.expect("the pooling grid fits the map");
         }
     }
     let n = x.size()[0];
@@ -189,7 +186,7 @@ pub(crate) fn forward(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Ta
     }
 }
 
-fn forward_whole(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i64)], mode: BnMode) -> Tensor {
+fn forward_whole(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, Grid)], mode: BnMode) -> Tensor {
     let until = last_stage_needed(net, taps);
     let stages = net.body.forward_stages(x, mode, until);
     let parts: Vec<Tensor> = taps
@@ -206,7 +203,7 @@ fn forward_whole(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, i6
     }
 }
 
-fn encode_pool(map: &Tensor, spec: &FeatureSpec, k: i64) -> Tensor {
+fn encode_pool(map: &Tensor, spec: &FeatureSpec, k: Grid) -> Tensor {
     match spec.encode {
         Encode::None => pool(map, spec.pool, k),
         Encode::Soft(a) => {
@@ -215,9 +212,9 @@ fn encode_pool(map: &Tensor, spec: &FeatureSpec, k: i64) -> Tensor {
     }
 }
 
-fn pool(map: &Tensor, pool: Pool, k: i64) -> Tensor {
-    let avg = || map.adaptive_avg_pool2d([k, k]).flatten(1, -1);
-    let max = || map.adaptive_max_pool2d([k, k]).0.flatten(1, -1);
+fn pool(map: &Tensor, pool: Pool, grid: Grid) -> Tensor {
+    let avg = || grid.avg(map);
+    let max = || grid.max(map);
     match pool {
         Pool::Avg => avg(),
         Pool::Max => max(),
@@ -232,7 +229,7 @@ pub fn forward_batch(net: &Network, spec: &FeatureSpec, x: &Tensor) -> Result<Te
 }
 
 /// The feature dimension for `input` × `input` images, from one dry run on zeros. Fails
-/// when `--pool-size` exceeds a tapped stage's map.
+/// when a tap's cells or windows do not fit its stage's map.
 pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64> {
     let taps = resolve(net, spec)?;
     tch::no_grad(|| {
@@ -240,16 +237,20 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
         // Only the stages the taps read: a dry run through the rest would also pack their
         // weights for oneDNN (random-best's unused 2048-channel blocks: 0.6 GB, 0.6 s).
         let stages = net.body.forward_stages(&x, BnMode::Eval, last_stage_needed(net, &taps));
-        for (t, k) in &taps {
+        for (t, grid) in &taps {
             if let Tap::Stage(i) = t {
                 let size = stages[*i].size();
-                let (h, w) = (size[2], size[3]);
-                if *k > h.min(w) {
-                    return Err(UsageError(format!(
-                        "--pool-size {k} is larger than the {h}×{w} map of {} at {input}×{input} input",
-                        net.body.stage_names()[*i]
-                    ))
-                    .into());
+                let (h, w, stage) = (size[2], size[3], &net.body.stage_names()[*i]);
+                if grid.out_size(h, w).is_err() {
+                    let what = match grid {
+                        Grid::Cells(k) => format!("--pool-size {k} is larger than"),
+                        Grid::Window { size, .. } => {
+                            format!("--features {stage}:{grid}: a {size}×{size} window exceeds")
+                        }
+                    };
+                    return Err(
+                        UsageError(format!("{what} the {h}×{w} map of {stage} at {input}×{input} input")).into()
+                    );
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod fused;
 pub mod init;
 pub mod layers;
 pub mod patchnet;
+pub mod pooling;
 pub mod pretrained;
 pub mod resnet;
 pub mod vgg;
@@ -202,9 +203,9 @@ pub trait Backbone {
         None
     }
     /// A one-stage network's features straight from the input, where it has a faster way
-    /// than mapping and pooling: the first stage average-pooled k×k, after the soft
+    /// than mapping and pooling: the first stage average-pooled over `grid`, after the soft
     /// threshold `soft` if given (see features::taps::Encode). Equal to the generic path.
-    fn pooled_features(&self, _x: &Tensor, _soft: Option<f64>, _k: i64) -> Option<Tensor> {
+    fn pooled_features(&self, _x: &Tensor, _soft: Option<f64>, _grid: pooling::Grid) -> Option<Result<Tensor>> {
         None
     }
 }

@@ -10,6 +10,7 @@
 //! train images (the no-gradient track).
 use super::init::Family;
 use super::layers::{BnMode, ConvBn, Site};
+use super::pooling::Grid;
 use super::{fused, scaled, Backbone};
 use anyhow::{ensure, Result};
 use tch::{nn, Kind, Tensor};
@@ -109,21 +110,21 @@ impl PatchNet {
     }
 
     /// The responses' features without their maps: soft-encoded with threshold `soft` (or
-    /// as they are) and averaged over `k`×`k` adaptive cells, laid out as the generic path
+    /// as they are) and averaged over `grid`'s cells or windows, laid out as the generic path
     /// lays them out (both polarities' K·k² values, positive first). Per chunk of images,
     /// one matrix product into a reused buffer gives the responses in (position, filter)
     /// order, and relu(z/n − a) = relu(z − a·n)/n lets the shim's one pass (fused.cpp)
     /// threshold and pool them with the division moved into the pooling weights.
-    pub fn pooled(&self, x: &Tensor, soft: Option<f64>, k: i64) -> Tensor {
-        self.pooled_with(x, soft, k, true)
+    pub fn pooled(&self, x: &Tensor, soft: Option<f64>, grid: Grid) -> Result<Tensor> {
+        self.pooled_with(x, soft, grid, true)
     }
 
     /// `pooled`, with the shim's one pass (`shim`, where built) or libtorch's ops (as on CUDA).
-    pub fn pooled_with(&self, x: &Tensor, soft: Option<f64>, k: i64, shim: bool) -> Tensor {
+    pub fn pooled_with(&self, x: &Tensor, soft: Option<f64>, grid: Grid, shim: bool) -> Result<Tensor> {
         let size = x.size();
         let (n, h, w) = (size[0], size[2] - PATCH + 1, size[3] - PATCH + 1);
         let (d, l) = (self.patch_dim(), h * w);
-        let cells = cell_weights(h, w, k, Kind::Float, x.device());
+        let cells = grid.weights(h, w, x.device())?;
         let filters_t = self.filters.tr().contiguous();
         let (whiten_t, shift) = (self.whiten.tr().contiguous(), self.shift.view([1, d]));
         // Buffers for a whole chunk, reused (a short last chunk takes their leading rows):
@@ -155,11 +156,7 @@ impl PatchNet {
                 }
             })
             .collect();
-        if parts.len() == 1 {
-            parts.into_iter().next().expect("one chunk")
-        } else {
-            Tensor::cat(&parts, 0)
-        }
+        Ok(if parts.len() == 1 { parts.into_iter().next().expect("one chunk") } else { Tensor::cat(&parts, 0) })
     }
 }
 
@@ -173,23 +170,6 @@ fn pool_with_ops(z: &Tensor, inv: &Tensor, thr: &Tensor, cells: &Tensor, soft: b
     let thr = thr.unsqueeze(2);
     // relu(−z − t) = −min(z + t, 0)
     Tensor::cat(&[pool(&(z - &thr).clamp_min(0.0)), -pool(&(z + thr).clamp_max(0.0))], 1)
-}
-
-/// (k², h·w) weights of adaptive average pooling into k×k cells, PyTorch's windows
-/// (cell i spans ⌊i·S/k⌋ .. ⌈(i+1)·S/k⌉).
-fn cell_weights(h: i64, w: i64, k: i64, kind: Kind, device: tch::Device) -> Tensor {
-    let span = |i: i64, s: i64| ((i * s) / k, ((i + 1) * s + k - 1) / k);
-    let mut m = vec![0f32; (k * k * h * w) as usize];
-    for (gy, gx) in (0..k).flat_map(|gy| (0..k).map(move |gx| (gy, gx))) {
-        let ((y0, y1), (x0, x1)) = (span(gy, h), span(gx, w));
-        let area = ((y1 - y0) * (x1 - x0)) as f32;
-        for y in y0..y1 {
-            for x in x0..x1 {
-                m[((gy * k + gx) * h * w + y * w + x) as usize] = 1.0 / area;
-            }
-        }
-    }
-    Tensor::from_slice(&m).view([k * k, h * w]).to_kind(kind).to_device(device)
 }
 
 fn unit_rows(t: &Tensor) -> Tensor {
@@ -234,7 +214,7 @@ impl Backbone for PatchNet {
         Some(CHUNK)
     }
 
-    fn pooled_features(&self, x: &Tensor, soft: Option<f64>, k: i64) -> Option<Tensor> {
-        Some(self.pooled(x, soft, k))
+    fn pooled_features(&self, x: &Tensor, soft: Option<f64>, grid: Grid) -> Option<Result<Tensor>> {
+        Some(self.pooled(x, soft, grid))
     }
 }
