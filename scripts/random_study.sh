@@ -13,16 +13,13 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 data=${1:?usage: random_study.sh CIFAR10_DIR (cifar-10-batches-bin or its parent)}
 stage=${STAGE:-all}
-"$here/setup.sh" >/dev/null
+# CNNPROBE_BIN: a binary built before, used as it is (screens can then run while the tree
+# is being edited); otherwise the set-up builds one.
+bin=${CNNPROBE_BIN:-}
+[[ -n $bin ]] || "$here/setup.sh" >/dev/null
 source "$here/env.sh"
 cd "$CNNPROBE_ROOT"
-# CNNPROBE_BIN: a binary built before (screens can then run while the tree is being edited).
-if [[ -n ${CNNPROBE_BIN:-} ]]; then
-  bin=$CNNPROBE_BIN
-else
-  cargo build --release --quiet
-  bin=$CNNPROBE_ROOT/target/release/cnnprobe
-fi
+bin=${bin:-$CNNPROBE_BIN}
 csv=results/random_study.csv
 runs=results/runs/random_study
 mkdir -p "$runs"
@@ -110,6 +107,12 @@ fi
 pw=(--arch patchnet --width-mult 2 --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25)
 if [[ $stage == pool ]]; then
   screen nograd-patchnet-w2-pzca:0.1-soft:0.25-cells3 "${pw[@]}" --features encode:3
+  # The same 3×3 outputs from overlapping 13×13 windows at stride 7.
+  screen nograd-patchnet-w2-pzca:0.1-soft:0.25-win13s7 "${pw[@]}" --features encode:13/7
+  # Thiry et al.'s 5×5 windows at stride 3 (8×8 outputs), with K = 64 and 128 filters to
+  # keep the features at 8192 and 16384.
+  screen nograd-patchnet-w0.25-pzca:0.1-soft:0.25-win5s3 "${pw[@]}" --width-mult 0.25 --features encode:5/3
+  screen nograd-patchnet-w0.5-pzca:0.1-soft:0.25-win5s3 "${pw[@]}" --width-mult 0.5 --features encode:5/3
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak

@@ -175,3 +175,31 @@ fn bicubic_resize_is_its_own_interpolation() {
     assert!(lin.isfinite().all().int64_value(&[]) == 1 && cub.isfinite().all().int64_value(&[]) == 1);
     assert!((&lin - &cub).abs().max().double_value(&[]) > 1e-4, "bicubic gave bilinear's features");
 }
+
+#[test]
+fn an_ensemble_is_its_members_features_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 20, 20);
+    let d = data.to_str().unwrap();
+    let net = ["--arch", "vgg11", "--stem", "cifar", "--width-mult", "0.25", "--features", "block1:2,block2:5/3"];
+    let extract = |out: &str, extra: &[&str]| {
+        let args = [&["extract", "--data", d, "--format", "npy", "--output", out][..], &net, FAST, extra].concat();
+        let o = cnnprobe(tmp.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        cnnprobe::features::npy::read_npy(&tmp.path().join(out).join("train_features.npy"), tch::Kind::Float).unwrap()
+    };
+    let both = extract("e", &["--seed", "3", "--ensemble", "2"]);
+    let (first, second) = (extract("a", &["--seed", "3"]), extract("b", &["--seed", "1003"]));
+    // block1 pooled 2×2 (16 channels) + block2's 8×8 map over 5×5 windows at stride 3 (32 channels, 2×2).
+    let dim = 16 * 4 + 32 * 4;
+    assert_eq!(first.size(), [100, dim]);
+    assert_eq!(both.size(), [100, 2 * dim]);
+    assert!(both.narrow(1, 0, dim).equal(&first), "member 0 is not the seed-3 network");
+    assert!(both.narrow(1, dim, dim).equal(&second), "member 1 is not the seed-1003 network");
+    assert!(!first.allclose(&second, 1e-3, 1e-3, false), "the members drew the same weights");
+    assert_eq!(provenance(&tmp.path().join("e"), "ensemble"), "2");
+    // Several copies of one checkpoint would be one network.
+    let o = cnnprobe(tmp.path(), &["extract", "--data", d, "-o", "bad", "--ensemble", "2", "--weights", "imagenet"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--ensemble 2 draws several networks"), "{}", stderr(&o));
+}

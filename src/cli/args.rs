@@ -84,6 +84,11 @@ pub struct ModelArgs {
     /// random networks give more, less correlated features.
     #[arg(long, default_value_t = 1.0, value_parser = parse::positive_f64)]
     pub width_mult: f64,
+    /// Concatenate the features of N networks drawn independently (random weights only):
+    /// --seed S draws members S, S+1000, S+2000, …, so member 0 is the single network of
+    /// seed S and seeds below 1000 never share a member. N times the features and the time.
+    #[arg(long, default_value_t = 1, value_parser = parse::positive_usize, value_name = "N")]
+    pub ensemble: usize,
     /// BatchNorm statistics: eval (as initialised) or calibrate:N (recomputed from N train images).
     #[arg(long, default_value = "eval", value_parser = parse::bn)]
     pub bn: BnSetting,

@@ -43,6 +43,9 @@ impl ModelArgs {
                 self.encode
             );
         }
+        if self.ensemble > 1 && self.weights != WeightsSource::Random {
+            bail!("--ensemble {} draws several networks; it needs --weights random", self.ensemble);
+        }
         if !self.first_layer.is_random() && self.weights != WeightsSource::Random {
             bail!("--first-layer {} replaces random filters; it needs --weights random", self.first_layer);
         }
@@ -77,6 +80,7 @@ impl ModelArgs {
             fold_bn: self.fold_bn,
             whiten: self.whiten,
             first_layer: self.first_layer,
+            ensemble: self.ensemble,
             fused: self.fused,
             allow_degenerate: self.allow_degenerate,
             features: FeatureSpec {

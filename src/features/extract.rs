@@ -332,10 +332,12 @@ pub struct Feed {
 }
 
 /// Extracts features of `source` into `sink` in batches (halving the batch on out-of-memory
-/// with `BatchSize::Auto`). Returns the rows' health and the seconds spent.
+/// with `BatchSize::Auto`): each row is the concatenated features of `nets` (one network,
+/// or an `--ensemble`'s members), so the images are read and decoded once. Returns the
+/// rows' health and the seconds spent.
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
-    net: &Network,
+    nets: &[Network],
     spec: &FeatureSpec,
     pre: &Preprocess,
     source: &Source,
@@ -343,9 +345,12 @@ pub fn extract(
     part: &'static str,
     sink: &mut dyn Sink,
 ) -> Result<(Health, f64)> {
-    let taps = resolve(net, spec)?;
+    ensure!(!nets.is_empty(), "no network to extract features with");
+    let taps = nets.iter().map(|net| resolve(net, spec)).collect::<Result<Vec<_>>>()?;
+    let dim = nets.iter().map(|net| feature_dim(net, spec, pre.input_size)).sum::<Result<i64>>()?;
+    let net = &nets[0];
     let n = source.len();
-    sink.begin(part, n, feature_dim(net, spec, pre.input_size)?)?;
+    sink.begin(part, n, dim)?;
     // The input stays NCHW even for channels-last folded weights: converting it here measured
     // slower than letting the first convolution take it (scripts/bench_ab.sh, results/bench_channels_last.csv).
     let norm = Normalizer::new(pre, net.device());
@@ -367,7 +372,13 @@ pub fn extract(
                     let len = attempt.min((m - i) as usize);
                     let x = images.narrow(0, i, len as i64);
                     let x = if pad { pad_to(&x, attempt) } else { x };
-                    let run = || (forward_eval(net, &norm.apply(&x), spec, &taps).narrow(0, 0, len as i64), len);
+                    let run = || {
+                        let x = norm.apply(&x);
+                        let parts: Vec<Tensor> =
+                            nets.iter().zip(&taps).map(|(net, taps)| forward_eval(net, &x, spec, taps)).collect();
+                        let f = if parts.len() == 1 { parts[0].shallow_clone() } else { Tensor::cat(&parts, 1) };
+                        (f.narrow(0, 0, len as i64), len)
+                    };
                     match feed.batch_size {
                         BatchSize::Fixed(_) => Ok(run()),
                         BatchSize::Auto => catch_torch(run),
@@ -468,22 +479,25 @@ impl Health {
 }
 
 /// Numerical health of extracted features (a random deep network can overflow or vanish).
-/// When they are degenerate, re-runs a few images stage by stage to name where the
-/// problem first appears; fails unless `allow` (then it only warns).
-pub fn check_health(net: &Network, pre: &Preprocess, source: &Source, health: &Health, allow: bool) -> Result<()> {
+/// When they are degenerate, re-runs a few images stage by stage, network by network (an
+/// ensemble's members in turn), to name where the problem first appears; fails unless
+/// `allow` (then it only warns).
+pub fn check_health(nets: &[Network], pre: &Preprocess, source: &Source, health: &Health, allow: bool) -> Result<()> {
     let Some(what) = health.problem() else { return Ok(()) };
+    let net = &nets[0];
     let first: Vec<usize> = (0..source.len().min(16)).collect();
     let names = net.body.stage_names();
     let images = source.get(&first)?.images;
     let first = tch::no_grad(|| {
         let x = Normalizer::new(pre, net.device()).apply(&images);
-        // aten's ops: a fused ReLU would hide the NaN being located.
-        let stages = net.body.forward_stages(&x, BnMode::EvalAten, names.len() - 1);
-        stages
-            .iter()
-            .position(|s| Health::of(&s.flatten(1, -1).to_kind(Kind::Float)).problem().is_some())
-            .map(|i| names[i].clone())
-            .unwrap_or_else(|| "the pooling/classifier after the last stage".into())
+        let located = nets.iter().enumerate().find_map(|(m, net)| {
+            // aten's ops: a fused ReLU would hide the NaN being located.
+            let stages = net.body.forward_stages(&x, BnMode::EvalAten, names.len() - 1);
+            let i =
+                stages.iter().position(|s| Health::of(&s.flatten(1, -1).to_kind(Kind::Float)).problem().is_some())?;
+            Some(if nets.len() > 1 { format!("{} of ensemble member {m}", names[i]) } else { names[i].clone() })
+        });
+        located.unwrap_or_else(|| "the pooling/classifier after the last stage".into())
     });
     let msg = format!("features of {} are degenerate ({what}), first at {first}", net.arch.name());
     if allow {

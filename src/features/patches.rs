@@ -89,12 +89,28 @@ pub fn sample(train: &Source, n: usize, size: i64, seed: u64, pre: &Preprocess) 
 /// `--whiten patch-zca:EPS` for `--arch patchnet`: the ZCA of every P×P patch of every
 /// train image (normalised as for extraction; 50k CIFAR images give 36M patches), no labels.
 pub fn whiten_patchnet(net: &mut Network, eps: f64, train: &Source, pre: &Preprocess, workers: usize) -> Result<()> {
-    let Some(pn) = net.body.as_patchnet_mut() else {
-        anyhow::bail!("--whiten patch-zca whitens --arch patchnet's patches; use --whiten zca for whole images")
-    };
-    ensure!(!train.is_empty(), "--whiten patch-zca: no train images");
+    whiten_patchnets(std::slice::from_mut(net), eps, train, pre, workers)
+}
+
+/// `whiten_patchnet` for every network of `nets` (an ensemble's members): the statistics
+/// are the same for all, so they are computed once.
+pub fn whiten_patchnets(
+    nets: &mut [Network],
+    eps: f64,
+    train: &Source,
+    pre: &Preprocess,
+    workers: usize,
+) -> Result<()> {
+    let mut pns = Vec::with_capacity(nets.len());
+    for net in nets.iter_mut() {
+        let Some(pn) = net.body.as_patchnet_mut() else {
+            anyhow::bail!("--whiten patch-zca whitens --arch patchnet's patches; use --whiten zca for whole images")
+        };
+        pns.push(pn);
+    }
+    ensure!(!pns.is_empty() && !train.is_empty(), "--whiten patch-zca: no train images");
     let norm = Normalizer::new(pre, Device::Cpu);
-    let d = pn.patch_dim();
+    let d = pns[0].patch_dim();
     let mut moments = Moments::new(d);
     let mut first = None;
     tch::no_grad(|| -> Result<()> {
@@ -107,7 +123,8 @@ pub fn whiten_patchnet(net: &mut Network, eps: f64, train: &Source, pre: &Prepro
     })?;
     let zca = moments.zca(eps)?;
     eprintln!("whitening: ZCA of the {0}×{0} patches of {1} train images (eps {eps})", patchnet::PATCH, train.len());
-    pn.set_whitening(&zca.matrix, &zca.mean, &first.expect("train is not empty"))
+    let sample = first.expect("train is not empty");
+    pns.into_iter().try_for_each(|pn| pn.set_whitening(&zca.matrix, &zca.mean, &sample))
 }
 
 /// `--first-layer patches` for `--arch patchnet`: each filter is a train patch mapped by the

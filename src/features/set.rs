@@ -37,6 +37,10 @@ pub struct ExtractConfig {
     /// older configs, which are all random).
     #[serde(default, skip_serializing_if = "FirstLayer::is_random")]
     pub first_layer: FirstLayer,
+    /// `--ensemble N`: the features of N networks drawn from `member_seed`s, concatenated
+    /// (absent from older configs, which all have one).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ensemble: usize,
     /// Speed only (features equal within float rounding), so not part of `identity`.
     #[serde(default)]
     pub fused: FusedConvs,
@@ -55,7 +59,9 @@ pub struct ExtractConfig {
 impl ExtractConfig {
     /// A short, readable name for directories: e.g. `cifar10-resnet18-cifar-s0`.
     pub fn short_name(&self) -> String {
-        format!("{}-{}-{}-s{}", self.data.short_name(), self.model.arch.name(), self.model.stem.name(), self.model.seed)
+        let ensemble = if self.ensemble > 1 { format!("-x{}", self.ensemble) } else { String::new() };
+        let (data, arch, stem) = (self.data.short_name(), self.model.arch.name(), self.model.stem.name());
+        format!("{data}-{arch}{ensemble}-{stem}-s{}", self.model.seed)
     }
 
     /// Every setting that changes the features' values, nothing that only changes speed,
@@ -74,6 +80,14 @@ impl ExtractConfig {
         v
     }
 
+    /// The networks whose features are concatenated: `model` itself, then the ensemble's
+    /// other members, the same but for their seeds.
+    pub fn members(&self) -> Vec<ModelConfig> {
+        (0..self.ensemble as u64)
+            .map(|i| ModelConfig { seed: member_seed(self.model.seed, i), ..self.model.clone() })
+            .collect()
+    }
+
     /// fp16 convolutions are a CUDA feature; say so before any work.
     pub fn check_precision(&self, device: Device) -> Result<()> {
         if self.precision == Precision::Fp16 && !device.is_cuda() {
@@ -81,6 +95,20 @@ impl ExtractConfig {
         }
         Ok(())
     }
+}
+
+/// Member `i`'s seed in an ensemble drawn with `--seed S`: S, S + 1000, S + 2000, … Member 0
+/// is the single network of seed S; runs with seeds below 1000 never share a member.
+pub fn member_seed(seed: u64, i: u64) -> u64 {
+    seed + 1000 * i
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Every part a feature set can hold, by file-name prefix (a CSV's split column).
@@ -170,12 +198,17 @@ pub struct Made {
 /// Data → network → rows of every part (train, test, then the mirrored views), in order,
 /// into `sink`. Folder images are decoded batch by batch as they are needed.
 pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: &mut dyn Sink) -> Result<Made> {
-    // The network first: a missing checkpoint or a bad weights file fails before any data work.
-    let mut net = frozen::build(&cfg.model, &cfg.weights, cfg.weights_mirror.as_deref(), device)?;
+    // The networks first: a missing checkpoint or a bad weights file fails before any data work.
+    let members = cfg.members();
+    let mut nets = members
+        .iter()
+        .map(|m| frozen::build(m, &cfg.weights, cfg.weights_mirror.as_deref(), device))
+        .collect::<Result<Vec<_>>>()?;
     let (dataset, train, test) = cfg.data.load()?;
     let shard = cfg.data.shard.map(|s| format!(" (shard {s})")).unwrap_or_default();
+    let ensemble = if nets.len() > 1 { format!(" (an ensemble of {})", nets.len()) } else { String::new() };
     eprintln!(
-        "cnnprobe {}: {} train / {} test images{shard}, {} classes, {} on {}",
+        "cnnprobe {}: {} train / {} test images{shard}, {} classes, {}{ensemble} on {}",
         cfg.short_name(),
         train.len(),
         test.len(),
@@ -206,19 +239,22 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     // calibration, so every shard builds the same network.
     let fp32 = Preprocess { precision: Precision::Fp32, ..pre.clone() };
     if let Some(w) = cfg.whiten.filter(|w| w.patches) {
-        patches::whiten_patchnet(&mut net, w.eps, &dataset.train, &fp32, cfg.data.workers)?;
+        patches::whiten_patchnets(&mut nets, w.eps, &dataset.train, &fp32, cfg.data.workers)?;
     }
-    patches::init_first_layer(&mut net, cfg.first_layer, &dataset.train, cfg.model.seed, &fp32)?;
-    if let BnSetting::Calibrate(n) = cfg.bn {
-        // Calibration runs in float32 with a fixed batch, before any folding or casting, on
-        // the whole train split whatever the shard.
-        extract::calibrate_batchnorm(&mut net, &dataset.train, n, cfg.model.seed, &fp32, 256)?;
+    let mut fused = true;
+    for (net, member) in nets.iter_mut().zip(&members) {
+        patches::init_first_layer(net, cfg.first_layer, &dataset.train, member.seed, &fp32)?;
+        if let BnSetting::Calibrate(n) = cfg.bn {
+            // Calibration runs in float32 with a fixed batch, before any folding or casting,
+            // on the whole train split whatever the shard.
+            extract::calibrate_batchnorm(net, &dataset.train, n, member.seed, &fp32, 256)?;
+        }
+        if cfg.fold_bn {
+            net.fold_batchnorm();
+        }
+        net.set_precision(cfg.precision.kind());
+        fused &= net.fuse(cfg.fused == FusedConvs::Auto);
     }
-    if cfg.fold_bn {
-        net.fold_batchnorm();
-    }
-    net.set_precision(cfg.precision.kind());
-    let fused = net.fuse(cfg.fused == FusedConvs::Auto);
     let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false };
     let flipped = Feed { flip: true, ..feed };
     let mut parts = vec![("train", &train, feed), ("test", &test, feed)];
@@ -230,9 +266,9 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     }
     let (mut extract_s, mut images, mut feature_dim) = (0.0, 0, 0);
     for (part, source, feed) in parts {
-        let (health, secs) = extract::extract(&net, &cfg.features, &pre, source, feed, part, sink)?;
+        let (health, secs) = extract::extract(&nets, &cfg.features, &pre, source, feed, part, sink)?;
         if part == "train" {
-            extract::check_health(&net, &pre, source, &health, cfg.allow_degenerate)?;
+            extract::check_health(&nets, &pre, source, &health, cfg.allow_degenerate)?;
         }
         (extract_s, images, feature_dim) = (extract_s + secs, images + source.len(), health.dim());
     }
@@ -279,6 +315,7 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
         s("pool_size", cfg.features.pool_size.to_string()),
         s("encode", cfg.features.encode.to_string()),
         s("width_mult", cfg.model.width_mult.to_string()),
+        s("ensemble", cfg.ensemble.to_string()),
         s("hflip", cfg.hflip.to_string()),
         s("hflip_test", cfg.hflip_test.to_string()),
         s("device", device::name(device)),
