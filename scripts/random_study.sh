@@ -115,6 +115,12 @@ if [[ $stage == pool ]]; then
   screen nograd-patchnet-w0.5-pzca:0.1-soft:0.25-win5s3 "${pw[@]}" --width-mult 0.5 --features encode:5/3
 fi
 
+# Readouts (issue 13): kernel ridge on the arc-cosine kernel of the data-free recipe's
+# features (one row per image: the mean of its two views), against hflip-test's L-BFGS.
+if [[ $stage == kernel ]]; then
+  screen kernel-hflip-test "${base[@]}" --hflip --hflip-test --solver kernel
+fi
+
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak
 # resident memory per seed come from /usr/bin/time (GNU time: %e seconds, %M KiB).
 if [[ $stage == all || $stage == final ]]; then

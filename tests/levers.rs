@@ -203,3 +203,27 @@ fn an_ensemble_is_its_members_features_side_by_side() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--ensemble 2 draws several networks"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_kernel_readout_runs_one_row_per_image_and_saves_its_support() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 20, 20);
+    let mut args = vec!["run", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
+    args.extend(["--width-mult", "0.25", "--features", "block1:2", "--solver", "kernel", "--wd-search"]);
+    args.extend(["--hflip", "--hflip-test", "--save-head", "h.safetensors", "--out", "r", "--summary", "s.csv"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    assert_eq!(row["solver"], "kernel");
+    assert_eq!(row["refit"], "true");
+    // 100 train images less 10 for validation: the mirrored views are averaged, not added.
+    assert_eq!(row["n_train"], "90");
+    assert!(!row["test_top1"].is_empty());
+    let grid = std::fs::read_to_string(tmp.path().join("r/wd_search.csv")).unwrap();
+    assert_eq!(grid.lines().filter(|l| l.starts_with("kernel,")).count(), cnnprobe::probe::kernel::GRID.len());
+    let head = tch::Tensor::read_safetensors(tmp.path().join("h.safetensors")).unwrap();
+    let get = |k: &str| head.iter().find(|(n, _)| n == k).map(|(_, t)| t.size()).unwrap_or_default();
+    assert_eq!(get("kernel_support"), [100, 16 * 4], "the refit's rows: every train image");
+    assert_eq!(get("weight"), [10, 100]);
+}

@@ -48,6 +48,37 @@ fn separable_data_reaches_99_percent_train_accuracy() {
     }
 }
 
+/// Two classes by the sign of x₀·x₁ (XOR of the quadrants), away from the origin: no
+/// linear head does better than chance, a kernel head does.
+fn quadrants(n: i64, seed: i64) -> Features {
+    tch::manual_seed(seed);
+    let x = Tensor::rand([n, 2], (Kind::Float, Device::Cpu)) * 4.0 - 2.0;
+    let y = (x.select(1, 0) * x.select(1, 1)).gt(0.0).to_kind(Kind::Int64);
+    Features { x: x + 3.0, y }
+}
+
+#[test]
+fn the_kernel_readout_fits_what_a_linear_head_cannot() {
+    let (train, val) = (blobs(60, 5, 4), blobs(20, 5, 5));
+    let fitted = probe::fit(data(&train, &val, 5), &settings(Solver::Kernel, 1e-2), Device::Cpu).unwrap();
+    assert!(fitted.head.kernel.is_some());
+    assert!(probe::metrics::accuracy(&fitted.head.logits(&train.x), &train.y) >= 0.99);
+    assert!(fitted.val_acc >= 0.95, "blobs: validation {}", fitted.val_acc);
+    let (train, val) = (quadrants(600, 6), quadrants(300, 7));
+    let kernel = probe::fit(data(&train, &val, 2), &settings(Solver::Kernel, 1e-2), Device::Cpu).unwrap();
+    let linear = probe::fit(data(&train, &val, 2), &settings(Solver::Lbfgs, 1e-4), Device::Cpu).unwrap();
+    assert!(linear.val_acc < 0.7, "a linear head separated XOR: {}", linear.val_acc);
+    assert!(kernel.val_acc > 0.9, "kernel head on XOR: {}", kernel.val_acc);
+    // The λ search: one conjugate-gradient run for the whole grid, then the refit.
+    let mut s = settings(Solver::Kernel, 0.0);
+    s.wd_search = true;
+    let f = probe::fit(data(&train, &val, 2), &s, Device::Cpu).unwrap();
+    assert_eq!(f.grid.len(), probe::kernel::GRID.len());
+    assert!(f.grid.iter().all(|g| g.stage == "kernel"));
+    assert!(f.refit && f.head.kernel.as_ref().unwrap().rows.size()[0] == 900, "refit on train+val");
+    assert!(probe::metrics::accuracy(&f.head.logits(&val.x), &val.y) > 0.9);
+}
+
 #[test]
 fn wd_search_visits_coarse_and_fine_points_and_refits() {
     let train = blobs(60, 4, 2);

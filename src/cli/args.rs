@@ -182,7 +182,8 @@ pub struct ProbeArgs {
     /// refit on train+val. Without it --weight-decay is used as given.
     #[arg(long)]
     pub wd_search: bool,
-    /// L2 strength: AdamW's decoupled decay, Adam/SGD's L2, or λ of L-BFGS's mean-loss + λ/2‖W‖².
+    /// L2 strength: AdamW's decoupled decay, Adam/SGD's L2, λ of L-BFGS's mean-loss + λ/2‖W‖²,
+    /// or the kernel readout's ridge λ (relative to k(x, x) ≈ 1).
     #[arg(long, default_value_t = 1e-4, value_parser = parse::non_negative_f64)]
     pub weight_decay: f64,
     /// Epochs of the gradient solvers (the weights of the best validation epoch are kept).
@@ -199,7 +200,7 @@ pub struct ProbeArgs {
     /// Stop when validation loss has not improved for N epochs (0: run all epochs).
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
-    /// L-BFGS iteration cap per fit.
+    /// L-BFGS iteration cap per fit (the kernel readout's conjugate-gradient steps too).
     #[arg(long, default_value_t = 1000, value_parser = parse::positive_usize)]
     pub max_iter: usize,
     /// Screening runs of a study: choose on validation and stop there. No refit on

@@ -53,7 +53,7 @@ struct Solved {
 
 /// Moves features to the device when they fit; otherwise keeps them on the CPU and the
 /// gradient solvers move mini-batches (L-BFGS, which needs all rows at once, then runs on the CPU).
-fn place(x: Tensor, device: Device) -> Tensor {
+pub(super) fn place(x: Tensor, device: Device) -> Tensor {
     if device == Device::Cpu {
         return x;
     }
@@ -73,7 +73,7 @@ fn warn_host(device: Device) {
 
 /// The parts' rows in one matrix, written into a single allocation (no concatenated
 /// temporaries beside it): on `device` when it fits there, else in host memory.
-fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tensor)> {
+pub(super) fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tensor)> {
     let Some(first) = parts.first() else { anyhow::bail!("the refit has no rows") };
     let n: i64 = parts.iter().map(|f| f.x.size()[0]).sum();
     let shape = [n, first.x.size()[1]];
@@ -99,6 +99,9 @@ fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tensor)> {
 pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted> {
     ensure!(data.fit.x.size()[0] > 0, "the training split is empty");
     ensure!(data.val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
+    if s.solver == Solver::Kernel {
+        return super::kernel::fit(data, s, device);
+    }
     let start = Instant::now();
     let c = data.classes as i64;
     let TrainingData { fit: rows, val, val_view, refit, .. } = data;
@@ -127,7 +130,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
             val_acc: solved.val_acc,
             steps: solved.steps,
         }];
-        let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler };
+        let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler, kernel: None };
         return Ok(fitted(head, s.weight_decay, grid, solved, false));
     }
     let mut search = Search::new(&x, &y, (&xv, &yv), c, s, device);
@@ -146,7 +149,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         };
         let solved =
             Solved { w: w.shallow_clone(), b: b.shallow_clone(), epochs: vec![], best_epoch: 0, val_acc, steps: 0 };
-        return Ok(fitted(Head { w, b, scaler }, chosen, grid, solved, false));
+        return Ok(fitted(Head { w, b, scaler, kernel: None }, chosen, grid, solved, false));
     }
     // The search's matrices are as large as the features: free them before the refit's.
     drop((x, xv, y));
@@ -162,7 +165,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
     }
     let mut solved = solve((&all_x, &all_y), None, c, chosen, &refit_settings, device, Warm { head: warm, whitening })?;
     solved.val_acc = val_acc;
-    let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler };
+    let head = Head { w: solved.w.shallow_clone(), b: solved.b.shallow_clone(), scaler, kernel: None };
     Ok(fitted(head, chosen, grid, solved, true))
 }
 
@@ -250,7 +253,7 @@ impl<'a> Search<'a> {
 }
 
 /// Highest validation accuracy; ties go to the stronger regularisation.
-fn best_point(grid: &[GridPoint]) -> f64 {
+pub(super) fn best_point(grid: &[GridPoint]) -> f64 {
     let mut best = &grid[0];
     for g in grid {
         if g.val_acc > best.val_acc || (g.val_acc == best.val_acc && g.weight_decay > best.weight_decay) {
@@ -293,6 +296,7 @@ fn solve(
             let val_acc = val.map(|(xv, yv)| metrics::accuracy(&(xv.mm(&w.tr()) + &b), yv)).unwrap_or(f64::NAN);
             Ok(Solved { w, b, epochs: Vec::new(), best_epoch: 0, val_acc, steps: sol.iterations })
         }
+        Solver::Kernel => unreachable!("the kernel readout has its own fit"),
         _ => {
             let t = train::train(x, y, val, classes, wd, s, device)?;
             let (w, b) = (t.w.to_device(device), t.b.to_device(device));

@@ -4,6 +4,7 @@
 //! split by a coarse-to-fine log-grid search, then the head is refit on train+val. The test
 //! split is never passed in here: it is scored once, by the caller, with the final head.
 mod fit;
+pub mod kernel;
 pub mod lbfgs;
 pub mod metrics;
 pub mod protocol;
@@ -27,6 +28,10 @@ pub enum Solver {
     Adam,
     /// SGD with Nesterov momentum 0.9.
     Sgd,
+    /// Kernel ridge regression (one-vs-rest) on the arc-cosine kernel of the scaled
+    /// features, λ from --weight-decay or chosen on validation; an n×n Gram matrix, so one
+    /// row per image (mirrored views are averaged).
+    Kernel,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
@@ -132,18 +137,23 @@ impl Scaler {
     }
 }
 
-/// A trained head: scaling, then logits = x·Wᵀ + b.
+/// A trained head: scaling, then logits = x·Wᵀ + b, or for a kernel head
+/// k(x, support)·Wᵀ + b (W then holds one weight per support row).
 pub struct Head {
     pub w: Tensor,
     pub b: Tensor,
     pub scaler: Scaler,
+    pub kernel: Option<kernel::Support>,
 }
 
 impl Head {
     pub fn logits(&self, x: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let x = self.scaler.apply(&x.to_device(self.w.device()));
-            x.mm(&self.w.tr()) + &self.b
+            match &self.kernel {
+                Some(support) => support.map(&x).mm(&self.w.tr()) + &self.b,
+                None => x.mm(&self.w.tr()) + &self.b,
+            }
         })
     }
 
@@ -154,6 +164,10 @@ impl Head {
         if let (Some(m), Some(s)) = (&self.scaler.mean, &self.scaler.std) {
             named.push(("feature_mean".into(), cpu(&m.squeeze_dim(0))));
             named.push(("feature_std".into(), cpu(&s.squeeze_dim(0))));
+        }
+        if let Some(support) = &self.kernel {
+            // The scaled rows the arc-cosine kernel compares with; `weight` has one column each.
+            named.push(("kernel_support".into(), cpu(&support.rows)));
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("--save-head: cannot create {}", dir.display()))?;

@@ -3,7 +3,7 @@
 //! split with the final head.
 use super::fit::{fit, Fitted, TrainingData};
 use super::metrics::{self, Metrics};
-use super::ProbeConfig;
+use super::{ProbeConfig, Solver};
 use crate::data::split;
 use crate::features::{FeatureSet, Features};
 use anyhow::Result;
@@ -24,15 +24,27 @@ pub struct Evaluation {
 pub fn evaluate(set: &FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<Evaluation> {
     let classes = set.class_names.len();
     let parts = split::stratified(&set.train.y, classes, cfg.val_fraction, cfg.seed);
-    let val = select(&[(&set.train, &parts.val)]);
-    // Flipped copies of the fit rows train too; those of the validation rows join only the
-    // refit, so no view of a validation image is ever fitted before it is scored.
-    let (fit_rows, val_flip) = match &set.train_flip {
-        Some(flip) => (select(&[(&set.train, &parts.fit), (flip, &parts.fit)]), Some(select(&[(flip, &parts.val)]))),
-        None => (select(&[(&set.train, &parts.fit)]), None),
-    };
     // Test-time flip: a linear head's mean logit over two views is its logit of their mean.
     let mean_view = |a: &Tensor, b: &Tensor| (a + b) / 2.0;
+    // The kernel readout's Gram matrix grows with the rows squared: one row per image, the
+    // mean of its two views' features where there are two (for validation and test too).
+    let merged = match (&set.train_flip, cfg.solver) {
+        (Some(flip), Solver::Kernel) => {
+            Some(Features { x: mean_view(&set.train.x, &flip.x), y: set.train.y.shallow_clone() })
+        }
+        _ => None,
+    };
+    let (train, train_flip) = match &merged {
+        Some(m) => (m, None),
+        None => (&set.train, set.train_flip.as_ref()),
+    };
+    let val = select(&[(train, &parts.val)]);
+    // Flipped copies of the fit rows train too; those of the validation rows join only the
+    // refit, so no view of a validation image is ever fitted before it is scored.
+    let (fit_rows, val_flip) = match train_flip {
+        Some(flip) => (select(&[(train, &parts.fit), (flip, &parts.fit)]), Some(select(&[(flip, &parts.val)]))),
+        None => (select(&[(train, &parts.fit)]), None),
+    };
     let val_view = match (&val_flip, set.test_flip.is_some()) {
         (Some(vf), true) => Some(mean_view(&val.x, &vf.x)),
         _ => None,
@@ -40,7 +52,7 @@ pub fn evaluate(set: &FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<E
     drop(val_flip);
     let n_train = fit_rows.y.size()[0];
     // The refit sees every train row (fit and validation) and every flipped one.
-    let refit = std::iter::once(&set.train).chain(set.train_flip.as_ref()).collect();
+    let refit = std::iter::once(train).chain(train_flip).collect();
     let data = TrainingData { fit: fit_rows, val: &val, val_view: val_view.as_ref(), refit, classes };
     let fitted = fit(data, cfg, device)?;
     // The only place the test split meets the head: after every choice is made, and never
