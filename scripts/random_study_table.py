@@ -41,13 +41,14 @@ def main(path):
     rows = list(csv.DictReader(open(path, newline="")))
     screen = [r for r in rows if r["val_only"] == "true"]
     base = next((float(r["val_acc"]) for r in screen if r["tag"] == BASE), None)
-    print("| lever (tag) | track | arch | width | features | dims | flip views | BN | whiten | first layer | encode | probe L2 (chosen) | val acc % | Δ vs base | extract s | fit s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| lever (tag) | track | arch | width | nets | features | dims | flip views | BN | whiten | first layer | encode | readout | L2 / λ (chosen) | val acc % | Δ vs base | extract s | fit s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in screen:
         delta = f"{100 * (float(r['val_acc']) - base):+.2f}" if base is not None else ""
         print(
-            f"| {r['tag']} | {track(r)} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r['features']} | {r['feature_dim']} "
-            f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r.get('first_layer') or 'random'} | {r.get('encode') or 'none'} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {r['tag']} | {track(r)} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r.get('ensemble') or 1} | {r['features']} | {r['feature_dim']} "
+            f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r.get('first_layer') or 'random'} | {r.get('encode') or 'none'} "
+            f"| {r['solver']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]

@@ -7,7 +7,7 @@
 //! in float32, so each image is one row (the protocol averages its mirrored views).
 use super::fit::{stack, Fitted};
 use super::{metrics, GridPoint, Head, ProbeConfig, Scaler, TrainingData};
-use crate::util::interrupt;
+use crate::util::{interrupt, progress};
 use anyhow::{ensure, Result};
 use std::f64::consts::PI;
 use std::time::Instant;
@@ -55,6 +55,7 @@ fn fill(out: &Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) {
     let (m, d) = (a.size()[0], a.size()[1] as f64);
     let nb = nb.view([1, -1]);
     let bt = b.tr();
+    let bar = progress::rows(m as u64, "kernel");
     tch::no_grad(|| {
         for i in (0..m).step_by(BLOCK as usize) {
             let len = BLOCK.min(m - i);
@@ -67,8 +68,10 @@ fn fill(out: &Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) {
             let theta = cos.acos();
             let k = norms * (theta.sin() + (-theta + PI) * &cos) / PI;
             g.copy_(&k);
+            bar.inc(len as u64);
         }
     });
+    bar.finish_and_clear();
 }
 
 /// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device.
@@ -113,6 +116,7 @@ pub fn solve_shifted(k: &Tensor, y: &Tensor, lambdas: &[f64], max_iter: usize) -
     let mut active = vec![true; shifts.len()];
     let (mut alpha_prev, mut beta_prev) = (ones(), ones() * 0.0);
     let mut iterations = 0;
+    let bar = progress::steps(max_iter as u64, "kernel CG");
     tch::no_grad(|| -> Result<()> {
         while iterations < max_iter {
             // System j's residual is |ζ_j| times the base one, column by column.
@@ -142,9 +146,11 @@ pub fn solve_shifted(k: &Tensor, y: &Tensor, lambdas: &[f64], max_iter: usize) -
             }
             (alpha_prev, beta_prev, rr) = (alpha, beta, rr_next);
             iterations += 1;
+            bar.inc(1);
         }
         Ok(())
     })?;
+    bar.finish_and_clear();
     Ok((xs, iterations))
 }
 

@@ -31,3 +31,8 @@ pub fn epochs(total: u64) -> ProgressBar {
 pub fn rows(total: u64, what: &str) -> ProgressBar {
     bar(Some(total), "{msg:>12} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}", what)
 }
+
+/// A bar over solver steps, up to a cap (an iterative solve may stop before it).
+pub fn steps(cap: u64, what: &str) -> ProgressBar {
+    bar(Some(cap), "{msg:>12} [{bar:30}] step {pos}/{len} (at most)  {per_sec}", what)
+}
