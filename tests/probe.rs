@@ -43,7 +43,7 @@ fn separable_data_reaches_99_percent_train_accuracy() {
     let val = blobs(20, 5, 1);
     for solver in [Solver::Lbfgs, Solver::Adamw, Solver::Adam, Solver::Sgd] {
         let fitted = probe::fit(data(&train, &val, 5), &settings(solver, 1e-6), Device::Cpu).unwrap();
-        let acc = probe::metrics::accuracy(&fitted.head.logits(&train.x), &train.y);
+        let acc = probe::metrics::accuracy(&fitted.head.logits(&train.x).unwrap(), &train.y);
         assert!(acc >= 0.99, "{solver:?}: train accuracy {acc}");
     }
 }
@@ -62,7 +62,7 @@ fn the_kernel_readout_fits_what_a_linear_head_cannot() {
     let (train, val) = (blobs(60, 5, 4), blobs(20, 5, 5));
     let fitted = probe::fit(data(&train, &val, 5), &settings(Solver::Kernel, 1e-2), Device::Cpu).unwrap();
     assert!(fitted.head.kernel.is_some());
-    assert!(probe::metrics::accuracy(&fitted.head.logits(&train.x), &train.y) >= 0.99);
+    assert!(probe::metrics::accuracy(&fitted.head.logits(&train.x).unwrap(), &train.y) >= 0.99);
     assert!(fitted.val_acc >= 0.95, "blobs: validation {}", fitted.val_acc);
     let (train, val) = (quadrants(600, 6), quadrants(300, 7));
     let kernel = probe::fit(data(&train, &val, 2), &settings(Solver::Kernel, 1e-2), Device::Cpu).unwrap();
@@ -76,7 +76,7 @@ fn the_kernel_readout_fits_what_a_linear_head_cannot() {
     assert_eq!(f.grid.len(), probe::kernel::GRID.len());
     assert!(f.grid.iter().all(|g| g.stage == "kernel"));
     assert!(f.refit && f.head.kernel.as_ref().unwrap().rows.size()[0] == 900, "refit on train+val");
-    assert!(probe::metrics::accuracy(&f.head.logits(&val.x), &val.y) > 0.9);
+    assert!(probe::metrics::accuracy(&f.head.logits(&val.x).unwrap(), &val.y) > 0.9);
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn lbfgs_agrees_with_scikit_learn() {
     s.normalize = Normalize::None;
     s.max_iter = 2000;
     let fitted = probe::fit(data(&train, &test, 6), &s, Device::Cpu).unwrap();
-    let ours = Vec::<i64>::try_from(fitted.head.logits(&test.x).argmax(1, false)).unwrap();
+    let ours = Vec::<i64>::try_from(fitted.head.logits(&test.x).unwrap().argmax(1, false)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     Tensor::write_npz(&[("xtr", &train.x), ("ytr", &train.y), ("xte", &test.x)], dir.path().join("d.npz")).unwrap();

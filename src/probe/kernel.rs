@@ -5,8 +5,10 @@
 //! features. Targets are one-hot minus 1/C; (K + λI) A = Y is solved by conjugate gradients
 //! for every λ of the grid at once. The n×n Gram matrix is the cost: 50k rows take 10 GB
 //! in float32, so each image is one row (the protocol averages its mirrored views).
+use super::dense;
 use super::fit::{stack, Fitted};
 use super::{metrics, GridPoint, Head, ProbeConfig, Scaler, TrainingData};
+use crate::features::Features;
 use crate::util::{interrupt, progress};
 use anyhow::{ensure, Result};
 use std::f64::consts::PI;
@@ -46,13 +48,18 @@ impl Support {
     /// keeps the kernel's large constant part (k ≈ 0.3 between unrelated rows) out of a sum
     /// of 45k terms whose weights grow as 1/λ: uncentred, float32 rounding there cost the
     /// small λ most of their validation accuracy.
-    pub fn map(&self, x: &Tensor) -> Tensor {
+    pub fn map(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(self.rows.device());
         let mut out = Tensor::empty([x.size()[0], self.rows.size()[0]], (Kind::Float, x.device()));
-        fill(&out, &x, &self.rows, &self.norms);
-        let row_means = out.mean_dim(1, true, Kind::Float);
-        let _ = out.g_sub_(&row_means).g_sub_(&self.col_means).g_add_scalar_(self.grand_mean);
-        out
+        fill(&mut out, &x, &self.rows, &self.norms)?;
+        self.centre(&mut out);
+        Ok(out)
+    }
+
+    /// Centres kernel values k(x, s_j) of new rows in place (see `map`).
+    fn centre(&self, k: &mut Tensor) {
+        let row_means = k.mean_dim(1, true, Kind::Float);
+        let _ = k.g_sub_(&row_means).g_sub_(&self.col_means).g_add_scalar_(self.grand_mean);
     }
 }
 
@@ -63,41 +70,91 @@ fn scaled_norms(x: &Tensor) -> Tensor {
 }
 
 /// Writes k(a_i, b_j) into `out` (m, n), block by block, with `nb` the norms of b's rows.
-fn fill(out: &Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) {
-    let (m, d) = (a.size()[0], a.size()[1] as f64);
-    let nb = nb.view([1, -1]);
+fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
+    let m = a.size()[0];
     let bt = b.tr();
     let bar = progress::rows(m as u64, "kernel");
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for i in (0..m).step_by(BLOCK as usize) {
             let len = BLOCK.min(m - i);
             let rows = a.narrow(0, i, len);
             let mut g = out.narrow(0, i, len);
             let _ = rows.mm_out(&g, &bt);
-            let norms = &scaled_norms(&rows) * &nb;
-            // cos θ = ⟨u, v⟩ / (‖u‖‖v‖), clamped against rounding; a zero row gives k = 0.
-            let cos = (&g / d / norms.clamp_min(1e-12)).clamp(-1.0, 1.0);
-            let theta = cos.acos();
-            let k = norms * (theta.sin() + (-theta + PI) * &cos) / PI;
-            g.copy_(&k);
+            arc_cosine(&mut g, &scaled_norms(&rows), nb, a.size()[1])?;
             bar.inc(len as u64);
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
+    Ok(())
 }
 
-/// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device.
+/// Inner products → kernel values, in place: one pass over the block on the CPU, libtorch's
+/// elementwise ops elsewhere. `na` and `nb` are the rows' and columns' scaled norms.
+fn arc_cosine(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64) -> Result<()> {
+    if g.device() == Device::Cpu {
+        let to_vec = |t: &Tensor| Vec::<f32>::try_from(&t.to_kind(Kind::Float).reshape([-1]));
+        return dense::arc_cosine_in_place(g, &to_vec(na)?, &to_vec(nb)?, d as usize);
+    }
+    arc_cosine_ops(g, na, nb, d);
+    Ok(())
+}
+
+fn arc_cosine_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64) {
+    let norms = na.view([-1, 1]) * nb.view([1, -1]);
+    // cos θ = ⟨u, v⟩ / (‖u‖‖v‖), clamped against rounding; a zero row gives k = 0.
+    let cos = (&*g / d as f64 / norms.clamp_min(1e-12)).clamp(-1.0, 1.0);
+    let theta = cos.acos();
+    let k = norms * (theta.sin() + (-theta + PI) * &cos) / PI;
+    g.copy_(&k);
+}
+
+/// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device. Each block of rows
+/// computes only the columns from its diagonal on and mirrors them below: half the products.
 fn gram(x: &Tensor) -> Result<Tensor> {
-    let n = x.size()[0];
+    let (n, d) = (x.size()[0], x.size()[1]);
     let out = Tensor::f_empty([n, n], (Kind::Float, x.device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
-    fill(&out, x, x, &scaled_norms(x));
+    let norms = scaled_norms(x);
+    let bar = progress::rows(n as u64, "kernel");
+    tch::no_grad(|| -> Result<()> {
+        for i in (0..n).step_by(BLOCK as usize) {
+            interrupt::check()?;
+            let len = BLOCK.min(n - i);
+            let mut strip = out.narrow(0, i, len).narrow(1, i, n - i);
+            let _ = x.narrow(0, i, len).mm_out(&strip, &x.narrow(0, i, n - i).tr());
+            arc_cosine(&mut strip, &norms.narrow(0, i, len), &norms.narrow(0, i, n - i), d)?;
+            if i + len < n {
+                let mut below = out.narrow(0, i + len, n - i - len).narrow(1, i, len);
+                below.copy_(&strip.narrow(1, len, n - i - len).tr());
+            }
+            bar.inc(len as u64);
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
     Ok(out)
 }
 
 /// One-vs-rest targets: one-hot minus 1/C, (n, C).
 fn targets(y: &Tensor, classes: i64) -> Tensor {
     y.one_hot(classes).to_kind(Kind::Float) - 1.0 / classes as f64
+}
+
+/// K·Pᵀ, reading K once: cnnprobe's own loop on the CPU, `linear` (p's rows against K's,
+/// K symmetric) on an accelerator.
+fn times(k: &Tensor, pt: &Tensor) -> Result<Tensor> {
+    if k.device() == Device::Cpu {
+        return dense::times(k, pt);
+    }
+    Ok(k.linear::<&Tensor>(&pt.contiguous(), None))
+}
+
+/// What a conjugate-gradient run produced: one solution per λ, and the step at which each
+/// reached `TOL` (or the cap).
+pub struct Solved {
+    pub xs: Vec<Tensor>,
+    pub steps: Vec<usize>,
 }
 
 /// Solves (HKH + λ_j I) A_j = HY for every λ_j of `lambdas` (ascending), H the centring
@@ -107,45 +164,62 @@ fn targets(y: &Tensor, classes: i64) -> Tensor {
 /// recurrences (multi-shift CG: Jegerlehner 1996; Frommer 2003); a system is left alone once
 /// its own residual is below `TOL`. Centring takes the kernel's large constant direction
 /// out of the spectrum, which the iteration count depends on. Each class column is its own
-/// system. Returns the solutions and the iterations run.
-pub fn solve_shifted(k: &Tensor, y: &Tensor, lambdas: &[f64], max_iter: usize) -> Result<(Vec<Tensor>, usize)> {
+/// system. `start`, for a single λ, is a first guess (a smaller problem's solution); the
+/// shifted recurrences need the zero start. `k` may be a leading block of a larger matrix.
+pub fn solve_shifted(
+    k: &Tensor,
+    y: &Tensor,
+    lambdas: &[f64],
+    max_iter: usize,
+    start: Option<&Tensor>,
+) -> Result<Solved> {
     ensure!(!lambdas.is_empty(), "no λ to solve for");
+    ensure!(start.is_none() || lambdas.len() == 1, "a first guess serves a single λ");
     let base = lambdas[0];
     let shifts: Vec<f64> = lambdas.iter().map(|l| l - base).collect();
     let c = y.size()[1];
     let center = |t: &Tensor| t - t.mean_dim(0, true, Kind::Float);
     let col_sq = |t: &Tensor| t.square().sum_dim_intlist(0, true, Kind::Float);
+    let apply = |p: &Tensor| -> Result<Tensor> { Ok(center(&times(k, &center(p).tr())?) + p * base) };
     let y = center(y);
     let y_norm = col_sq(&y).sqrt().clamp_min(1e-30);
     let ones = || Tensor::ones([1, c], (Kind::Float, y.device()));
-    let mut r = y.copy();
+    let (mut xs, mut r) = match start {
+        Some(x0) => {
+            let x0 = center(&x0.to_device(y.device()));
+            let r = tch::no_grad(|| apply(&x0).map(|ax| &y - ax))?;
+            (vec![x0], r)
+        }
+        None => (shifts.iter().map(|_| y.zeros_like()).collect(), y.copy()),
+    };
     let mut rr = col_sq(&r);
-    let mut xs: Vec<Tensor> = shifts.iter().map(|_| y.zeros_like()).collect();
-    let mut ps: Vec<Tensor> = shifts.iter().map(|_| y.copy()).collect();
+    let mut ps: Vec<Tensor> = shifts.iter().map(|_| r.copy()).collect();
     // ζ_{k−1} and ζ_k per shift; α_{k−1}, β_{k−1} of the base system.
     let mut zeta_prev: Vec<Tensor> = shifts.iter().map(|_| ones()).collect();
     let mut zeta: Vec<Tensor> = shifts.iter().map(|_| ones()).collect();
     let mut active = vec![true; shifts.len()];
+    let mut steps = vec![0; shifts.len()];
     let (mut alpha_prev, mut beta_prev) = (ones(), ones() * 0.0);
     let mut iterations = 0;
     let bar = progress::steps(max_iter as u64, "kernel CG");
     tch::no_grad(|| -> Result<()> {
-        while iterations < max_iter {
+        loop {
             // System j's residual is |ζ_j| times the base one, column by column.
             let base_res = rr.sqrt() / &y_norm;
             for (j, on) in active.iter_mut().enumerate() {
                 *on = *on && (&base_res * zeta[j].abs()).max().double_value(&[]) >= TOL;
+                if *on {
+                    steps[j] = iterations;
+                }
             }
-            if !active[0] {
+            if !active[0] || iterations == max_iter {
                 break;
             }
             interrupt::check()?;
-            // The base system's p is shift 0's (its ζ stays 1). K·p as p's rows against K's
-            // (`linear`, K symmetric): MKL's GEMM with a 10-column right side measured 2×
-            // slower on these CPUs; this step reads all of K, so its speed is the solver's.
+            // The base system's p is shift 0's (its ζ stays 1); this product reads all of
+            // K, so its speed is the solver's.
             let p = &ps[0];
-            let kp = k.linear::<&Tensor>(&center(p).tr().contiguous(), None);
-            let ap = center(&kp) + p * base;
+            let ap = apply(p)?;
             let alpha = &rr / (p * &ap).sum_dim_intlist(0, true, Kind::Float).clamp_min(1e-30);
             let _ = r.g_sub_(&(&ap * &alpha));
             let rr_next = col_sq(&r);
@@ -166,59 +240,69 @@ pub fn solve_shifted(k: &Tensor, y: &Tensor, lambdas: &[f64], max_iter: usize) -
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok((xs, iterations))
+    Ok(Solved { xs, steps })
+}
+
+/// A kernel head: one weight per support row and class.
+fn head(support: Support, alpha: Tensor, b: Tensor, scaler: Scaler) -> Head {
+    Head { w: alpha.tr().contiguous(), b, scaler, kernel: Some(support) }
 }
 
 /// Fits the kernel head: λ chosen on validation among `GRID` (or `--weight-decay` as λ),
-/// then a refit on train+val unless `--val-only`.
+/// then a refit on train+val unless `--val-only`. One Gram matrix serves all three: the
+/// fit rows come first, so its leading block is the search's system, the block below it
+/// scores validation, and the whole matrix is the refit's. Features are scaled with the fit
+/// rows' statistics throughout (the refit does not rescale: its matrix is the same one).
 pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted> {
     let start = Instant::now();
     let c = data.classes as i64;
-    let TrainingData { fit: rows, val, val_view, refit, .. } = data;
-    let mut x = super::fit::place(rows.x, device);
-    let scaler = Scaler::fit(&x, s.normalize);
+    let TrainingData { fit: rows, val, val_view, .. } = data;
+    let val_rows = Features { x: val_view.unwrap_or(&val.x).shallow_clone(), y: val.y.shallow_clone() };
+    let m = rows.x.size()[0];
+    let (mut x, labels) = stack(&[&rows, &val_rows], device)?;
+    drop((rows, val_rows));
+    let scaler = Scaler::fit(&x.narrow(0, 0, m), s.normalize);
     scaler.apply_in_place(&mut x);
-    let y = targets(&rows.y.to_device(x.device()), c);
     let lambdas: Vec<f64> = if s.wd_search { GRID.to_vec() } else { vec![s.weight_decay] };
     ensure!(lambdas[0] > 0.0, "--solver kernel needs λ (--weight-decay) > 0");
     let n = x.size()[0];
     eprintln!("kernel: {n}×{n} arc-cosine Gram matrix ({:.1} GB)", (n * n * 4) as f64 / 1e9);
+    let clock = Instant::now();
     let k = gram(&x)?;
-    let cg = Instant::now();
-    let (solutions, iterations) = solve_shifted(&k, &y, &lambdas, s.max_iter)?;
+    eprintln!("kernel: Gram matrix in {:.1} s", clock.elapsed().as_secs_f64());
+    let fit_block = k.narrow(0, 0, m).narrow(1, 0, m);
+    let y = targets(&labels.narrow(0, 0, m), c);
+    let clock = Instant::now();
+    let solved = solve_shifted(&fit_block, &y, &lambdas, s.max_iter, None)?;
     eprintln!(
-        "kernel: {} λ in {iterations} conjugate-gradient steps, {:.1} s",
+        "kernel: {} λ in {} conjugate-gradient steps, {:.1} s",
         lambdas.len(),
-        cg.elapsed().as_secs_f64()
+        solved.steps.iter().max().unwrap_or(&0),
+        clock.elapsed().as_secs_f64()
     );
     // Centred kernel ridge: f(x) = k_c(x, ·)·A + mean(Y).
     let ymean = y.mean_dim(0, false, Kind::Float);
-    let support = Support::new(x, &k);
-    drop(k);
-    let kv = support.map(&scaler.apply(&val_view.unwrap_or(&val.x).to_device(support.rows.device())));
-    let yv = val.y.to_device(kv.device());
+    let support = Support::new(x.narrow(0, 0, m), &fit_block);
+    let mut kv = Tensor::empty([n - m, m], (Kind::Float, k.device()));
+    kv.copy_(&k.narrow(0, m, n - m).narrow(1, 0, m));
+    support.centre(&mut kv);
+    let yv = labels.narrow(0, m, n - m);
     let grid: Vec<GridPoint> = lambdas
         .iter()
-        .zip(&solutions)
-        .map(|(&l, a)| GridPoint {
+        .zip(&solved.xs)
+        .zip(&solved.steps)
+        .map(|((&l, a), &steps)| GridPoint {
             stage: if s.wd_search { "kernel" } else { "fixed" },
             weight_decay: l,
             val_acc: metrics::accuracy(&(kv.mm(a) + &ymean), &yv),
-            steps: iterations,
+            steps,
         })
         .collect();
     drop(kv);
     let best = super::fit::best_point(&grid);
-    let (chosen, val_acc) =
-        grid.iter().find(|g| g.weight_decay == best).map(|g| (g.weight_decay, g.val_acc)).expect("in the grid");
-    let alpha = solutions.into_iter().zip(&lambdas).find(|(_, &l)| l == chosen).map(|(a, _)| a).expect("in the grid");
-    let b = ymean;
-    let head = |support: Support, alpha: Tensor, b: Tensor, scaler: Scaler| Head {
-        w: alpha.tr().contiguous(),
-        b,
-        scaler,
-        kernel: Some(support),
-    };
+    let at = grid.iter().position(|g| g.weight_decay == best).expect("in the grid");
+    let (chosen, val_acc) = (grid[at].weight_decay, grid[at].val_acc);
+    let alpha = solved.xs.into_iter().nth(at).expect("one solution per λ");
     let done = |head, refit| Fitted {
         head,
         chosen_weight_decay: chosen,
@@ -230,20 +314,20 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         fit_s: start.elapsed().as_secs_f64(),
     };
     if s.val_only || !s.wd_search {
-        return Ok(done(head(support, alpha, b, scaler), false));
+        return Ok(done(head(support, alpha, ymean, scaler), false));
     }
-    // The refit on train+val: its own scaling and Gram matrix, once the search's are freed.
-    drop((support, alpha, b));
-    let (mut all_x, all_y) = stack(&refit, device)?;
-    let scaler = Scaler::fit(&all_x, s.normalize);
-    scaler.apply_in_place(&mut all_x);
-    let all_y = targets(&all_y, c);
-    let k = gram(&all_x)?;
-    let (mut solved, _) = solve_shifted(&k, &all_y, &[chosen], s.max_iter)?;
-    let support = Support::new(all_x, &k);
+    drop(support);
+    // The refit on train+val, from the search's solution (zeros for the validation rows):
+    // the larger system's solution is close to it, so fewer steps reach `TOL`.
+    let all_y = targets(&labels, c);
+    let first_guess = Tensor::cat(&[alpha, Tensor::zeros([n - m, c], (Kind::Float, k.device()))], 0);
+    let clock = Instant::now();
+    let mut refit = solve_shifted(&k, &all_y, &[chosen], s.max_iter, Some(&first_guess))?;
+    eprintln!("kernel: refit on {n} rows in {} steps, {:.1} s", refit.steps[0], clock.elapsed().as_secs_f64());
+    let support = Support::new(x, &k);
     drop(k);
     let b = all_y.mean_dim(0, false, Kind::Float);
-    Ok(done(head(support, solved.remove(0), b, scaler), true))
+    Ok(done(head(support, refit.xs.remove(0), b, scaler), true))
 }
 
 #[cfg(test)]
@@ -258,8 +342,9 @@ mod tests {
         let k = gram(&x).unwrap();
         let y = targets(&Tensor::randint(3, [n], (Kind::Int64, Device::Cpu)), 3);
         let lambdas = [0.05, 0.2, 1.0, 30.0];
-        let (xs, iterations) = solve_shifted(&k, &y, &lambdas, 500).unwrap();
-        assert!(iterations > 3 && iterations < 500, "{iterations} iterations");
+        let Solved { xs, steps } = solve_shifted(&k, &y, &lambdas, 500, None).unwrap();
+        assert!(steps[0] > 3 && steps[0] < 500, "{steps:?} steps");
+        assert!(steps.windows(2).all(|w| w[1] <= w[0]), "larger λ converge sooner: {steps:?}");
         // H K H + λI against the centred targets, solved directly in float64.
         let h = Tensor::eye(n, (Kind::Double, Device::Cpu)) - 1.0 / n as f64;
         let kc = h.mm(&k.to_kind(Kind::Double)).mm(&h);
@@ -282,5 +367,36 @@ mod tests {
         assert!((k.double_value(&[0, 1]) - want01).abs() < 1e-5);
         assert!((k.double_value(&[0, 0]) - 4.5).abs() < 1e-5, "k(x, x) = ‖x‖²/D");
         assert!((k.double_value(&[1, 0]) - want01).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_first_guess_reaches_the_same_solution_in_fewer_steps() {
+        tch::manual_seed(2);
+        let n = 80;
+        let x = Tensor::randn([n, 6], (Kind::Float, Device::Cpu));
+        let k = gram(&x).unwrap();
+        let y = targets(&Tensor::randint(4, [n], (Kind::Int64, Device::Cpu)), 4);
+        let cold = solve_shifted(&k, &y, &[0.1], 500, None).unwrap();
+        let near = &cold.xs[0] + Tensor::randn([n, 4], (Kind::Float, Device::Cpu)) * 1e-3;
+        let warm = solve_shifted(&k, &y, &[0.1], 500, Some(&near)).unwrap();
+        let err = (&warm.xs[0] - &cold.xs[0]).norm().double_value(&[]) / cold.xs[0].norm().double_value(&[]);
+        assert!(err < 1e-2, "relative difference {err}");
+        assert!(warm.steps[0] < cold.steps[0], "{:?} against {:?}", warm.steps, cold.steps);
+    }
+
+    #[test]
+    fn the_half_computed_gram_matrix_equals_the_full_product_and_libtorchs_ops() {
+        tch::manual_seed(3);
+        // Three blocks of rows, the last one short; one zero row.
+        let x = Tensor::randn([2 * BLOCK + 37, 5], (Kind::Float, Device::Cpu));
+        let _ = x.get(7).zero_();
+        let half = gram(&x).unwrap();
+        let norms = scaled_norms(&x);
+        let mut ops = x.mm(&x.tr());
+        arc_cosine_ops(&mut ops, &norms, &norms, 5);
+        let err = (&half - &ops).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "max difference {err}");
+        assert_eq!(half.get(7).abs().max().double_value(&[]), 0.0, "a zero row has k = 0");
+        assert!(half.allclose(&half.tr(), 0.0, 0.0, false), "symmetric");
     }
 }

@@ -3,6 +3,7 @@
 //! part only; the L2 strength is either given or chosen on a seeded stratified validation
 //! split by a coarse-to-fine log-grid search, then the head is refit on train+val. The test
 //! split is never passed in here: it is scored once, by the caller, with the final head.
+mod dense;
 mod fit;
 pub mod kernel;
 pub mod lbfgs;
@@ -147,13 +148,13 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn logits(&self, x: &Tensor) -> Tensor {
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
             let x = self.scaler.apply(&x.to_device(self.w.device()));
-            match &self.kernel {
-                Some(support) => support.map(&x).mm(&self.w.tr()) + &self.b,
+            Ok(match &self.kernel {
+                Some(support) => support.map(&x)?.mm(&self.w.tr()) + &self.b,
                 None => x.mm(&self.w.tr()) + &self.b,
-            }
+            })
         })
     }
 

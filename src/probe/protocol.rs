@@ -57,13 +57,15 @@ pub fn evaluate(set: &FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<E
     let fitted = fit(data, cfg, device)?;
     // The only place the test split meets the head: after every choice is made, and never
     // in a --val-only screening run.
-    let test = (!cfg.val_only).then(|| {
+    let test = if cfg.val_only {
+        None
+    } else {
         let x = match &set.test_flip {
             Some(tf) => mean_view(&set.test.x, &tf.x),
             None => set.test.x.shallow_clone(),
         };
-        metrics::score(&fitted.head.logits(&x), &set.test.y, classes)
-    });
+        Some(metrics::score(&fitted.head.logits(&x)?, &set.test.y, classes))
+    };
     Ok(Evaluation { fitted, val_indices: parts.val, n_train, n_test: set.test.y.size()[0], test })
 }
 
