@@ -116,10 +116,14 @@ if [[ $stage == pool ]]; then
   screen nograd-patchnet-w0.5-pzca:0.1-soft:0.25-win5s3 "${pw[@]}" --width-mult 0.5 --features encode:5/3
 fi
 
-# Readouts (issue 13): kernel ridge on the arc-cosine kernel of the data-free recipe's
-# features (one row per image: the mean of its two views), against hflip-test's L-BFGS.
+# Readouts (issue 13): kernel ridge on the arc-cosine kernel of each track's features (one
+# row per image: the mean of its two views), against L-BFGS on the same features.
 if [[ $stage == kernel ]]; then
   screen kernel-hflip-test "${base[@]}" --hflip --hflip-test --solver kernel
+  # The same readout on the no-gradient recipe's features (patches-best), against
+  # nograd-patchnet-w4-pzca:0.1-soft:0.25+hflip-test's 76.14% with L-BFGS.
+  screen kernel-nograd-patchnet-w4-pzca:0.1-soft:0.25+hflip-test "${pn[@]}" --width-mult 4 \
+    --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25 --hflip --hflip-test --solver kernel
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak

@@ -1,22 +1,24 @@
-//! CPU loops for the kernel readout where libtorch's general routines leave most of the
-//! memory bandwidth unused. Each conjugate-gradient step multiplies the n×n kernel matrix
-//! by a 10-column block: `linear` and MKL's GEMM ran that at a quarter of what reading the
-//! matrix once costs on these CPUs (45k rows: 1.6 s against 0.4 s), and the solve is a
-//! thousand such steps. The arc-cosine map over a Gram block is one pass here against six
-//! libtorch passes with block-sized temporaries.
+//! CPU loops for the kernel readout where libtorch's general routines fall short. Each
+//! conjugate-gradient step multiplies the n×n kernel matrix by a 10-column block; `linear`
+//! and MKL's GEMM ran that at about half the speed of the loop here (20k rows, 2 threads:
+//! 0.43 s against 0.23 s; one column through MKL's GEMV, 0.12 s), and the solve is up to a
+//! thousand such steps. With 10 columns the loop is bound by its multiply-adds, not by
+//! reading K. The arc-cosine map over a Gram block is one pass here against six libtorch
+//! passes with block-sized temporaries.
 use anyhow::{ensure, Result};
 use std::f32::consts::PI;
 use tch::{Device, Kind, Tensor};
 
-/// At most this many classes share one pass over a segment of K (one AVX register each,
-/// beside K's and a product's: 16 in all).
-const GROUP: usize = 12;
+/// Accumulators of one pass (rows × classes): one AVX register each, beside K's rows and a
+/// row of P (16 registers in all).
+const ACCUMULATORS: usize = 12;
 
-/// Columns of K per tile: the tile's rows of P stay in the L1 cache (L2 for many classes)
-/// while each row of K streams past once.
+/// Columns of K per tile: the tile's rows of P (256 KB) stay in the L2 cache while K's rows
+/// stream past once. Shorter tiles (P in L1) ran slower here: K then arrives in short runs
+/// that the hardware prefetcher serves badly (20k rows: 0.41 s a product at 608 columns,
+/// 0.17–0.21 s at 2048–8192).
 fn tile(c: usize) -> usize {
-    let budget = if c <= GROUP { 24 << 10 } else { 256 << 10 };
-    (budget / (4 * c)).clamp(64, 4096) / 8 * 8
+    ((256 << 10) / (4 * c)).clamp(512, 8192) / 8 * 8
 }
 
 /// A float32 CPU matrix with unit column stride, as a slice from its first element and its
@@ -65,23 +67,29 @@ pub fn times(k: &Tensor, pt: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_slice(&out).view([m as i64, c as i64]))
 }
 
-/// Rows `first..` of K (as many as `out` holds) times Pᵀ, tile by tile of columns.
+/// Rows `first..` of K (as many as `out` holds) times Pᵀ, tile by tile of columns, two
+/// rows at a time so that each load of P serves both.
 fn rows_times(k: &[f32], ld: usize, first: usize, m: usize, pt: &[f32], c: usize, out: &mut [f32]) {
     let rows = out.len() / c;
     let t = tile(c);
     let avx = avx2();
     for j0 in (0..m).step_by(t) {
-        let len = t.min(m - j0);
-        for r in 0..rows {
-            let at = (first + r) * ld + j0;
-            let seg = &k[at..at + len];
-            let o = &mut out[r * c..(r + 1) * c];
+        let n = t.min(m - j0);
+        let mut r = 0;
+        while r < rows {
+            let pair = if r + 1 < rows { 2 } else { 1 };
+            // Classes in equal groups that fit the registers beside `pair` rows.
+            let groups = c.div_ceil(ACCUMULATORS / pair);
+            let size = c.div_ceil(groups);
             let mut g0 = 0;
             while g0 < c {
-                let g = (c - g0).min(GROUP);
-                dot(avx, g, seg, &pt[g0 * m + j0..], m, &mut o[g0..g0 + g]);
+                let g = size.min(c - g0);
+                let seg = &k[(first + r) * ld + j0..];
+                let o = &mut out[r * c + g0..];
+                dot(avx, (pair, g), Block { k: seg, kld: ld, p: &pt[g0 * m + j0..], pld: m, n, c }, o);
                 g0 += g;
             }
+            r += pair;
         }
     }
 }
@@ -96,66 +104,92 @@ fn avx2() -> bool {
     false
 }
 
-/// o[g] += ⟨seg, p_g⟩ for the `o.len()` rows of P starting at `p` (row stride `ld`).
-fn dot(avx: bool, g: usize, seg: &[f32], p: &[f32], ld: usize, o: &mut [f32]) {
-    macro_rules! by_group {
-        ($f:ident, $($n:literal)*) => {
-            match g {
-                $($n => $f::<$n>(seg, p, ld, o),)*
-                _ => unreachable!("groups hold 1..={GROUP} classes"),
+/// R rows of K from `k` (row stride `kld`) against G rows of P from `p` (row stride `pld`),
+/// `n` columns each; results go to o[r·c + g].
+struct Block<'a> {
+    k: &'a [f32],
+    kld: usize,
+    p: &'a [f32],
+    pld: usize,
+    n: usize,
+    c: usize,
+}
+
+impl Block<'_> {
+    fn check(&self, r: usize, g: usize, o: &[f32]) {
+        assert!(self.k.len() >= (r - 1) * self.kld + self.n, "K rows out of range");
+        assert!(self.p.len() >= (g - 1) * self.pld + self.n, "P rows out of range");
+        assert!(o.len() >= (r - 1) * self.c + g, "output out of range");
+    }
+}
+
+/// o[r·c + g] += ⟨K row r, P row g⟩ for (R, G) = `shape`.
+fn dot(avx: bool, shape: (usize, usize), b: Block, o: &mut [f32]) {
+    macro_rules! by_shape {
+        ($f:ident, $(($r:literal, $g:literal))*) => {
+            match shape {
+                $(($r, $g) => $f::<$r, $g>(&b, o),)*
+                _ => unreachable!("at most {ACCUMULATORS} accumulators"),
             }
+        };
+    }
+    macro_rules! all_shapes {
+        ($f:ident) => {
+            by_shape!($f, (1, 1) (1, 2) (1, 3) (1, 4) (1, 5) (1, 6) (1, 7) (1, 8) (1, 9) (1, 10) (1, 11) (1, 12)
+                (2, 1) (2, 2) (2, 3) (2, 4) (2, 5) (2, 6))
         };
     }
     #[cfg(target_arch = "x86_64")]
     if avx {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { by_group!(dot_avx2, 1 2 3 4 5 6 7 8 9 10 11 12) };
+        unsafe { all_shapes!(dot_avx2) };
         return;
     }
     let _ = avx;
-    by_group!(dot_portable, 1 2 3 4 5 6 7 8 9 10 11 12)
+    all_shapes!(dot_portable)
 }
 
-fn dot_portable<const G: usize>(seg: &[f32], p: &[f32], ld: usize, o: &mut [f32]) {
-    let mut acc = [[0f32; 8]; G];
-    let full = seg.len() / 8 * 8;
-    for j in (0..full).step_by(8) {
-        for (g, a) in acc.iter_mut().enumerate() {
-            let row = &p[g * ld + j..g * ld + j + 8];
-            for l in 0..8 {
-                a[l] += seg[j + l] * row[l];
-            }
+fn dot_portable<const R: usize, const G: usize>(b: &Block, o: &mut [f32]) {
+    b.check(R, G, o);
+    for r in 0..R {
+        let seg = &b.k[r * b.kld..r * b.kld + b.n];
+        for g in 0..G {
+            let row = &b.p[g * b.pld..g * b.pld + b.n];
+            o[r * b.c + g] += seg.iter().zip(row).map(|(x, y)| x * y).sum::<f32>();
         }
-    }
-    for (g, a) in acc.iter().enumerate() {
-        let tail: f32 = (full..seg.len()).map(|j| seg[j] * p[g * ld + j]).sum();
-        o[g] += a.iter().sum::<f32>() + tail;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2<const G: usize>(seg: &[f32], p: &[f32], ld: usize, o: &mut [f32]) {
+unsafe fn dot_avx2<const R: usize, const G: usize>(b: &Block, o: &mut [f32]) {
     use std::arch::x86_64::*;
-    let n = seg.len();
-    assert!(p.len() >= (G - 1) * ld + n && o.len() >= G);
-    let (kp, pp) = (seg.as_ptr(), p.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); G];
+    b.check(R, G, o);
+    let (kp, pp, n) = (b.k.as_ptr(), b.p.as_ptr(), b.n);
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
     let full = n / 8 * 8;
     let mut j = 0;
     while j < full {
-        // SAFETY: j + 8 ≤ n, and row g of P has n floats from g·ld (asserted above).
-        let kv = _mm256_loadu_ps(kp.add(j));
-        for (g, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(pp.add(g * ld + j)), *a);
+        // SAFETY: j + 8 ≤ n, and every row read has n floats (checked above).
+        let mut kv = [_mm256_setzero_ps(); R];
+        for (r, v) in kv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(kp.add(r * b.kld + j));
+        }
+        for g in 0..G {
+            let pv = _mm256_loadu_ps(pp.add(g * b.pld + j));
+            for r in 0..R {
+                acc[r][g] = _mm256_fmadd_ps(kv[r], pv, acc[r][g]);
+            }
         }
         j += 8;
     }
-    for (g, a) in acc.iter().enumerate() {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-        let tail: f32 = (full..n).map(|j| seg[j] * p[g * ld + j]).sum();
-        o[g] += lanes.iter().sum::<f32>() + tail;
+    for r in 0..R {
+        for g in 0..G {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][g]);
+            let tail: f32 = (full..n).map(|j| b.k[r * b.kld + j] * b.p[g * b.pld + j]).sum();
+            o[r * b.c + g] += lanes.iter().sum::<f32>() + tail;
+        }
     }
 }
 
@@ -218,14 +252,18 @@ mod tests {
 
     #[test]
     fn the_portable_loop_equals_the_vector_one() {
-        let seg: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
         let p: Vec<f32> = (0..3 * 40).map(|i| (i as f32 * 0.11).cos()).collect();
-        let (mut a, mut b) = (vec![0f32; 3], vec![0f32; 3]);
-        dot(false, 3, &seg, &p, 40, &mut a);
-        dot(avx2(), 3, &seg, &p, 40, &mut b);
-        for g in 0..3 {
-            let want: f32 = (0..37).map(|j| seg[j] * p[g * 40 + j]).sum();
-            assert!((a[g] - want).abs() < 1e-4 && (b[g] - want).abs() < 1e-4, "{a:?} {b:?} {want}");
+        // Two rows of K 40 apart in `seg`'s extension, three rows of P; c = 3.
+        let k: Vec<f32> = (0..40 + 37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b) = (vec![0f32; 6], vec![0f32; 6]);
+        let block = || Block { k: &k, kld: 40, p: &p, pld: 40, n: 37, c: 3 };
+        dot(false, (2, 3), block(), &mut a);
+        dot(avx2(), (2, 3), block(), &mut b);
+        for (r, g) in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)] {
+            let want: f32 = (0..37).map(|j| k[r * 40 + j] * p[g * 40 + j]).sum();
+            let (x, y) = (a[r * 3 + g], b[r * 3 + g]);
+            assert!((x - want).abs() < 1e-4 && (y - want).abs() < 1e-4, "{a:?} {b:?} {want}");
         }
     }
 }
+
