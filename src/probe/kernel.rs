@@ -179,15 +179,22 @@ impl Nystrom {
         let picks: Vec<i64> =
             split::permutation(n as usize, seed ^ 0x4E59).into_iter().take(r as usize).map(|i| i as i64).collect();
         let idx = Tensor::from_slice(&picks).to_device(k.device());
-        let knm = k.index_select(1, &idx);
-        let kmm = knm.index_select(0, &idx).to_kind(Kind::Double);
+        // The landmark rows K[idx, :], copied one by one (K is symmetric: K_nm is their
+        // transpose). index_select on a block view of K first copied the whole block: 8 GB
+        // at 45k rows.
+        let rows = Tensor::empty([r, n], (Kind::Float, k.device()));
+        for (i, &j) in picks.iter().enumerate() {
+            let mut row = rows.get(i as i64);
+            row.copy_(&k.get(j));
+        }
+        let kmm = rows.index_select(1, &idx).to_kind(Kind::Double);
         // K_mm^-½ on its range: eigenvalues below 1e-6 of the largest are dropped (a
         // pseudo-inverse), as landmarks can be nearly collinear.
         let (evals, v) = Tensor::linalg_eigh(&kmm, "L");
         let floor = evals.max().double_value(&[]) * 1e-6;
         let scale = evals.clamp_min(floor).rsqrt() * evals.gt(floor).to_kind(Kind::Double);
-        let u = knm.mm(&(v * scale.unsqueeze(0)).to_kind(Kind::Float));
-        drop(knm);
+        let u = rows.tr().mm(&(v * scale.unsqueeze(0)).to_kind(Kind::Float));
+        drop(rows);
         let u = &u - u.mean_dim(0, true, Kind::Float);
         let utu = u.tr().mm(&u).to_kind(Kind::Double);
         Nystrom { u, utu }
