@@ -135,8 +135,12 @@ fn dot(avx: bool, shape: (usize, usize), b: Block, o: &mut [f32]) {
     }
     macro_rules! all_shapes {
         ($f:ident) => {
-            by_shape!($f, (1, 1) (1, 2) (1, 3) (1, 4) (1, 5) (1, 6) (1, 7) (1, 8) (1, 9) (1, 10) (1, 11) (1, 12)
-                (2, 1) (2, 2) (2, 3) (2, 4) (2, 5) (2, 6))
+            by_shape!(
+                $f,
+                (1, 1)(1, 2)(1, 3)(1, 4)(1, 5)(1, 6)(1, 7)(1, 8)(1, 9)(1, 10)(1, 11)(1, 12)(2, 1)(2, 2)(2, 3)(2, 4)(
+                    2, 5
+                )(2, 6)
+            )
         };
     }
     #[cfg(target_arch = "x86_64")]
@@ -162,6 +166,8 @@ fn dot_portable<const R: usize, const G: usize>(b: &Block, o: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+// The accumulators are a (row, class) register block: indices read as the arithmetic does.
+#[allow(clippy::needless_range_loop)]
 unsafe fn dot_avx2<const R: usize, const G: usize>(b: &Block, o: &mut [f32]) {
     use std::arch::x86_64::*;
     b.check(R, G, o);
@@ -266,4 +272,3 @@ mod tests {
         }
     }
 }
-

@@ -162,19 +162,21 @@ const LANDMARKS: i64 = 2000;
 /// of plain conjugate gradients, out of the system (real features, 8k rows, λ 1e-2: 614
 /// steps plain, 15 with 2000 landmarks). U does not depend on λ; one basis serves a search.
 struct Nystrom {
-    /// U_c (n, r); r = 0 gives plain conjugate gradients.
+    /// U_c (n, r), float64: Woodbury's v − U_c(…)U_cᵀv cancels most of v at small λ, and
+    /// in float32 that left the preconditioner indefinite (a refit at λ 3.16e-3 broke down
+    /// into NaN). r = 0 gives plain conjugate gradients.
     u: Tensor,
     /// U_cᵀU_c (r, r), float64.
     utu: Tensor,
 }
 
 impl Nystrom {
-    fn new(k: &Tensor, rank: i64, seed: u64) -> Nystrom {
+    fn new(k: &Tensor, rank: i64, seed: u64) -> Result<Nystrom> {
         let n = k.size()[0];
         let r = rank.clamp(0, n);
         if r == 0 {
-            let u = Tensor::zeros([n, 0], (Kind::Float, k.device()));
-            return Nystrom { utu: Tensor::zeros([0, 0], (Kind::Double, k.device())), u };
+            let u = Tensor::zeros([n, 0], (Kind::Double, k.device()));
+            return Ok(Nystrom { utu: Tensor::zeros([0, 0], (Kind::Double, k.device())), u });
         }
         let picks: Vec<i64> =
             split::permutation(n as usize, seed ^ 0x4E59).into_iter().take(r as usize).map(|i| i as i64).collect();
@@ -190,20 +192,22 @@ impl Nystrom {
         let kmm = rows.index_select(1, &idx).to_kind(Kind::Double);
         // K_mm^-½ on its range: eigenvalues below 1e-6 of the largest are dropped (a
         // pseudo-inverse), as landmarks can be nearly collinear.
-        let (evals, v) = Tensor::linalg_eigh(&kmm, "L");
-        let floor = evals.max().double_value(&[]) * 1e-6;
+        let (evals, v) = kmm.f_linalg_eigh("L")?;
+        let floor = (evals.max().double_value(&[]) * 1e-6).max(1e-30);
         let scale = evals.clamp_min(floor).rsqrt() * evals.gt(floor).to_kind(Kind::Double);
-        let u = rows.tr().mm(&(v * scale.unsqueeze(0)).to_kind(Kind::Float));
+        let u = rows.tr().mm(&(v * scale.unsqueeze(0)).to_kind(Kind::Float)).to_kind(Kind::Double);
         drop(rows);
-        let u = &u - u.mean_dim(0, true, Kind::Float);
-        let utu = u.tr().mm(&u).to_kind(Kind::Double);
-        Nystrom { u, utu }
+        let u = &u - u.mean_dim(0, true, Kind::Double);
+        let utu = u.tr().mm(&u);
+        Ok(Nystrom { u, utu })
     }
 
     /// The Cholesky factor of λI + U_cᵀU_c: what applying the inverse at λ needs.
-    fn at(&self, lambda: f64) -> Tensor {
+    fn at(&self, lambda: f64) -> Result<Tensor> {
         let r = self.utu.size()[0];
-        (&self.utu + Tensor::eye(r, (Kind::Double, self.utu.device())) * lambda).linalg_cholesky(false)
+        (&self.utu + Tensor::eye(r, (Kind::Double, self.utu.device())) * lambda).f_linalg_cholesky(false).map_err(|e| {
+            anyhow::anyhow!("--solver kernel: the preconditioner at λ {lambda:e} is not positive definite ({e})")
+        })
     }
 
     /// (λI + U_cU_cᵀ)⁻¹ v with `chol` from `at(λ)`.
@@ -211,8 +215,9 @@ impl Nystrom {
         if self.u.size()[1] == 0 {
             return v / lambda;
         }
-        let t = self.u.tr().mm(v).to_kind(Kind::Double).cholesky_solve(chol, false);
-        (v - self.u.mm(&t.to_kind(Kind::Float))) / lambda
+        let v = v.to_kind(Kind::Double);
+        let t = self.u.tr().mm(&v).cholesky_solve(chol, false);
+        ((v - self.u.mm(&t)) / lambda).to_kind(Kind::Float)
     }
 }
 
@@ -242,7 +247,7 @@ pub fn solve(
     let center = |t: &Tensor| t - t.mean_dim(0, true, Kind::Float);
     let col_sum = |a: &Tensor, b: &Tensor| (a * b).sum_dim_intlist(0, true, Kind::Float);
     tch::no_grad(|| -> Result<Solved> {
-        let basis = Nystrom::new(k, rank, seed);
+        let basis = Nystrom::new(k, rank, seed)?;
         let y = center(y);
         let y_norm = col_sum(&y, &y).sqrt().clamp_min(1e-30);
         let mut order: Vec<usize> = (0..lambdas.len()).collect();
@@ -253,7 +258,7 @@ pub fn solve(
         let bar = progress::steps((max_iter * lambdas.len()) as u64, "kernel CG");
         for j in order {
             let lambda = lambdas[j];
-            let chol = basis.at(lambda);
+            let chol = basis.at(lambda)?;
             let apply = |p: &Tensor| -> Result<Tensor> { Ok(center(&times(k, &center(p).tr())?) + p * lambda) };
             let (mut x, mut r) = match guess.take() {
                 Some(x0) => {
@@ -265,11 +270,22 @@ pub fn solve(
             let mut z = center(&basis.apply(&chol, lambda, &r));
             let mut p = z.copy();
             let mut rz = col_sum(&r, &z);
-            while steps[j] < max_iter && (col_sum(&r, &r).sqrt() / &y_norm).max().double_value(&[]) >= TOL {
+            let residual = |r: &Tensor| (col_sum(r, r).sqrt() / &y_norm).max().double_value(&[]);
+            while steps[j] < max_iter && residual(&r) >= TOL {
                 interrupt::check()?;
                 // This product reads all of K: its speed is the solver's.
                 let ap = apply(&p)?;
-                let alpha = &rz / col_sum(&p, &ap).clamp_min(1e-30);
+                let curvature = col_sum(&p, &ap);
+                // Both are positive for a positive definite system and preconditioner; a
+                // sign change or a non-finite value is a breakdown, never a result.
+                let (pap, rz_min) = (curvature.min().double_value(&[]), rz.min().double_value(&[]));
+                ensure!(
+                    pap > 0.0 && rz_min > 0.0 && pap.is_finite() && rz_min.is_finite(),
+                    "--solver kernel: the conjugate gradients broke down at λ {lambda:e}, step {} \
+                     (pᵀAp {pap:e}, rᵀz {rz_min:e})",
+                    steps[j]
+                );
+                let alpha = &rz / curvature;
                 let _ = x.g_add_(&(&p * &alpha));
                 let _ = r.g_sub_(&(&ap * &alpha));
                 z = center(&basis.apply(&chol, lambda, &r));
@@ -279,6 +295,14 @@ pub fn solve(
                 steps[j] += 1;
                 bar.inc(1);
             }
+            // The recurrence's residual can drift from the true one: check the solution itself.
+            let true_residual = residual(&(&y - apply(&x)?));
+            ensure!(
+                true_residual.is_finite() && true_residual < (10.0 * TOL).max(2.0 * residual(&r)),
+                "--solver kernel: the solution at λ {lambda:e} misses its system: relative residual \
+                 {true_residual:e} after {} steps",
+                steps[j]
+            );
             guess = Some(x.copy());
             xs[j] = Some(x);
         }
@@ -449,7 +473,8 @@ mod tests {
         tch::manual_seed(4);
         let n = 400;
         // Correlated rows: a spectrum with a few large eigenvalues, as real features give.
-        let x = Tensor::randn([n, 3], (Kind::Float, Device::Cpu)).mm(&Tensor::randn([3, 20], (Kind::Float, Device::Cpu)))
+        let x = Tensor::randn([n, 3], (Kind::Float, Device::Cpu))
+            .mm(&Tensor::randn([3, 20], (Kind::Float, Device::Cpu)))
             + Tensor::randn([n, 20], (Kind::Float, Device::Cpu)) * 0.3;
         let k = gram(&x).unwrap();
         let y = targets(&Tensor::randint(5, [n], (Kind::Int64, Device::Cpu)), 5);
@@ -459,8 +484,18 @@ mod tests {
         let h = Tensor::eye(n, (Kind::Double, Device::Cpu)) - 1.0 / n as f64;
         let shifted = h.mm(&k.to_kind(Kind::Double)).mm(&h) + Tensor::eye(n, (Kind::Double, Device::Cpu)) * lambda;
         let direct = Tensor::linalg_solve(&shifted, &h.mm(&y.to_kind(Kind::Double)), true);
-        let err = (pre.xs[0].to_kind(Kind::Double) - &direct).norm().double_value(&[]) / direct.norm().double_value(&[]);
+        let err =
+            (pre.xs[0].to_kind(Kind::Double) - &direct).norm().double_value(&[]) / direct.norm().double_value(&[]);
         assert!(err < 1e-2, "relative error {err}");
         assert!(pre.steps[0] * 2 < plain.steps[0], "{:?} against {:?} plain", pre.steps, plain.steps);
+    }
+
+    #[test]
+    fn a_system_that_is_not_positive_definite_is_an_error_not_a_result() {
+        let n = 30;
+        let k = Tensor::eye(n, (Kind::Float, Device::Cpu)) * -2.0;
+        let y = targets(&Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3), 3);
+        let err = solve(&k, &y, &[0.1], 100, None, (5, 0)).err().expect("an indefinite system must fail");
+        assert!(err.to_string().contains("broke down"), "{err}");
     }
 }
