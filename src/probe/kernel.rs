@@ -3,8 +3,9 @@
 //! random ReLU layer on top of them. With u = x/√D, v = y/√D and θ their angle,
 //! k(x, y) = ‖u‖‖v‖ (sin θ + (π − θ) cos θ) / π, so k(x, x) = ‖u‖² ≈ 1 for standardised
 //! features. Targets are one-hot minus 1/C; (K + λI) A = Y is solved for each λ of the grid
-//! by conjugate gradients with a Nyström preconditioner. The n×n Gram matrix is the cost: 50k rows take 10 GB
-//! in float32, so each image is one row (the protocol averages its mirrored views).
+//! by conjugate gradients with a Nyström preconditioner. The n×n Gram matrix is the cost:
+//! 50k rows take 10 GB in float32, so each image is one row (the protocol averages its
+//! mirrored views).
 use super::dense;
 use super::fit::{stack, Fitted};
 use super::{metrics, GridPoint, Head, ProbeConfig, Scaler, TrainingData};
@@ -16,11 +17,12 @@ use std::f64::consts::PI;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// Relative residual ‖Y − (K + λI)A‖/‖Y‖ (per class) at which the conjugate gradients stop: far below what changes a prediction, and within float32's reach.
+/// Relative residual ‖Y − (K + λI)A‖/‖Y‖ (per class) at which the conjugate gradients
+/// stop: far below what changes a prediction, and within float32's reach.
 const TOL: f64 = 1e-3;
 /// λ (relative to k(x, x) ≈ 1) searched on validation with `--wd-search`: half decades.
-/// 1e-3 overfitted on every screen tried (5k
-/// CIFAR-10 images: 50% validation against 60% at 3.16e-3).
+/// 1e-3 overfitted on every screen tried (5k CIFAR-10 images: 50% validation against 60%
+/// at 3.16e-3).
 pub const GRID: [f64; 7] = [3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1, 1.0, 3.16];
 /// Rows per block of kernel values: each block's temporaries are a few of (BLOCK, n) floats.
 const BLOCK: i64 = 512;
