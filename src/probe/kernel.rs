@@ -407,6 +407,16 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
 mod tests {
     use super::*;
 
+    /// ‖a − A*‖/‖A*‖ for A* the solution of (HKH + λI) A = HY, H the centring, solved
+    /// directly in float64.
+    fn error_against_direct(a: &Tensor, k: &Tensor, y: &Tensor, lambda: f64) -> f64 {
+        let n = k.size()[0];
+        let h = Tensor::eye(n, (Kind::Double, Device::Cpu)) - 1.0 / n as f64;
+        let shifted = h.mm(&k.to_kind(Kind::Double)).mm(&h) + Tensor::eye(n, (Kind::Double, Device::Cpu)) * lambda;
+        let direct = Tensor::linalg_solve(&shifted, &h.mm(&y.to_kind(Kind::Double)), true);
+        (a.to_kind(Kind::Double) - &direct).norm().double_value(&[]) / direct.norm().double_value(&[])
+    }
+
     #[test]
     fn every_lambdas_solution_equals_the_direct_solve() {
         tch::manual_seed(0);
@@ -417,14 +427,8 @@ mod tests {
         let lambdas = [0.05, 0.2, 1.0, 30.0];
         let Solved { xs, steps } = solve(&k, &y, &lambdas, 500, None, (10, 0)).unwrap();
         assert!(steps.iter().all(|&s| s < 500), "{steps:?} steps");
-        // H K H + λI against the centred targets, solved directly in float64.
-        let h = Tensor::eye(n, (Kind::Double, Device::Cpu)) - 1.0 / n as f64;
-        let kc = h.mm(&k.to_kind(Kind::Double)).mm(&h);
-        let yc = h.mm(&y.to_kind(Kind::Double));
         for (a, l) in xs.iter().zip(lambdas) {
-            let shifted = &kc + Tensor::eye(n, (Kind::Double, Device::Cpu)) * l;
-            let direct = Tensor::linalg_solve(&shifted, &yc, true);
-            let err = (a.to_kind(Kind::Double) - &direct).norm().double_value(&[]) / direct.norm().double_value(&[]);
+            let err = error_against_direct(a, &k, &y, l);
             assert!(err < 1e-2, "λ {l}: relative error {err}");
         }
     }
@@ -485,11 +489,7 @@ mod tests {
         let lambda = 0.01;
         let plain = solve(&k, &y, &[lambda], 2000, None, (0, 0)).unwrap();
         let pre = solve(&k, &y, &[lambda], 2000, None, (60, 9)).unwrap();
-        let h = Tensor::eye(n, (Kind::Double, Device::Cpu)) - 1.0 / n as f64;
-        let shifted = h.mm(&k.to_kind(Kind::Double)).mm(&h) + Tensor::eye(n, (Kind::Double, Device::Cpu)) * lambda;
-        let direct = Tensor::linalg_solve(&shifted, &h.mm(&y.to_kind(Kind::Double)), true);
-        let err =
-            (pre.xs[0].to_kind(Kind::Double) - &direct).norm().double_value(&[]) / direct.norm().double_value(&[]);
+        let err = error_against_direct(&pre.xs[0], &k, &y, lambda);
         assert!(err < 1e-2, "relative error {err}");
         assert!(pre.steps[0] * 2 < plain.steps[0], "{:?} against {:?} plain", pre.steps, plain.steps);
     }
