@@ -120,7 +120,7 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
         ("feature_dim", "64"),
         ("hflip", "true"),
         ("hflip_test", "true"),
-        ("solver", "lbfgs"),
+        ("solver", "kernel"),
         ("wd_search", "true"),
     ] {
         assert_eq!(row[col], want, "column {col}");

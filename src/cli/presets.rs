@@ -18,9 +18,9 @@ pub const PRESETS: &[Preset] = &[
         name: "random-best",
         about: "the best untrained-feature recipe of results/random_study.csv, chosen on validation: \
             VGG-11 with torchvision's init (no data in the weights), CIFAR stem, 4x wide; block1 \
-            pooled 4x4 + block2 pooled 2x2 (6144 features); mirrored train images as extra rows \
-            and every validation/test image scored on both views; L-BFGS probe with the L2 \
-            strength chosen on validation",
+            pooled 4x4 + block2 pooled 2x2 (6144 features); each image one row, the mean of its \
+            two mirrored views; kernel ridge readout on the arc-cosine kernel with λ chosen on \
+            validation (--solver lbfgs gives the linear probe of the earlier finalists)",
         flags: &[
             "--arch",
             "vgg11",
@@ -31,7 +31,7 @@ pub const PRESETS: &[Preset] = &[
             "--hflip",
             "--hflip-test",
             "--solver",
-            "lbfgs",
+            "kernel",
             "--wd-search",
             "--normalize",
             "standardize",
