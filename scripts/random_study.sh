@@ -4,6 +4,7 @@
 #   ./scripts/random_study.sh CIFAR10_DIR            # screening, then the finalists
 #   STAGE=screen ./scripts/random_study.sh DIR       # screening only
 #   STAGE=final-kernel SEEDS="0" ./scripts/random_study.sh DIR   # one stage, chosen seeds
+#   (stages: screen, patchnet, pool, kernel, final, final-kernel, final-patches-kernel, chart)
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
@@ -160,6 +161,11 @@ fi
 # hflip-test's 71.08% with L-BFGS).
 if [[ $stage == final-kernel ]]; then
   finalist final-random-best-kernel random-best --solver kernel
+fi
+# The no-gradient recipe with the kernel readout (kernel-nograd-patchnet-w4-pzca:0.1-soft:0.25
+# +hflip-test: 80.64% validation against 76.14% with L-BFGS).
+if [[ $stage == final-patches-kernel ]]; then
+  finalist final-patches-best-kernel patches-best --solver kernel
 fi
 
 if [[ $stage == all || $stage == chart ]]; then
