@@ -63,7 +63,8 @@ stats() { "$py" "$here/gpu_check_stats.py" "$@"; }
 # Steps that must run on the GPU; with --cpu everything else runs on the CPU on a subset.
 # CPU mode keeps within 8 minutes on 2 cores: bf16 convolutions without bf16 hardware run
 # at ~4 images/s, so bf16 and the CPU reference take the first 100 images; L-BFGS's
-# eigendecomposition of random-best's 6144 features takes minutes, so that run uses AdamW.
+# eigendecomposition of random-best's 6144 features takes minutes, so that run uses AdamW
+# (the preset's readout is now the kernel one; AdamW keeps the CPU run as recorded).
 if ((cpu)); then
   dev=cpu limit=(--limit "$subset") step_limit=420
   ref_n=$((subset < 100 ? subset : 100))

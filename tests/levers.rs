@@ -142,6 +142,7 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
         ("encode", "soft:0.25"),
         ("feature_dim", "512"), // 64 filters, 2 polarities, 2×2 cells
         ("hflip_test", "true"),
+        ("solver", "kernel"),
     ] {
         assert_eq!(row[col], want, "column {col}");
     }

@@ -71,8 +71,10 @@ pub const PRESETS: &[Preset] = &[
         about: "the best no-gradient recipe of results/random_study.csv so far, chosen on validation \
             (issue 13): one layer of 1024 6x6 filters, each a ZCA-whitened patch sampled from the \
             train images (no labels, no gradients, but not data-free), cosine responses \
-            soft-thresholded at 0.25 with both polarities, pooled 2x2 (8192 features); mirrored \
-            views as in random-best; L-BFGS probe with the L2 strength chosen on validation",
+            soft-thresholded at 0.25 with both polarities, pooled 2x2 (8192 features); each image \
+            one row, the mean of its two mirrored views; kernel ridge readout on the arc-cosine \
+            kernel with λ chosen on validation, as in random-best (--solver lbfgs gives the \
+            linear probe of the earlier finalists)",
         flags: &[
             "--arch",
             "patchnet",
@@ -89,7 +91,7 @@ pub const PRESETS: &[Preset] = &[
             "--hflip",
             "--hflip-test",
             "--solver",
-            "lbfgs",
+            "kernel",
             "--wd-search",
             "--normalize",
             "standardize",
