@@ -133,14 +133,12 @@ fn dot(avx: bool, shape: (usize, usize), b: Block, o: &mut [f32]) {
             }
         };
     }
+    // One line per row count: rustfmt would break the list mid-pair.
+    #[rustfmt::skip]
     macro_rules! all_shapes {
         ($f:ident) => {
-            by_shape!(
-                $f,
-                (1, 1)(1, 2)(1, 3)(1, 4)(1, 5)(1, 6)(1, 7)(1, 8)(1, 9)(1, 10)(1, 11)(1, 12)(2, 1)(2, 2)(2, 3)(2, 4)(
-                    2, 5
-                )(2, 6)
-            )
+            by_shape!($f, (1, 1) (1, 2) (1, 3) (1, 4) (1, 5) (1, 6) (1, 7) (1, 8) (1, 9) (1, 10) (1, 11) (1, 12)
+                (2, 1) (2, 2) (2, 3) (2, 4) (2, 5) (2, 6))
         };
     }
     #[cfg(target_arch = "x86_64")]
