@@ -234,9 +234,10 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
     let taps = resolve(net, spec)?;
     tch::no_grad(|| {
         let x = Tensor::zeros([1, 3, input, input], (net.kind(), net.device()));
-        // Only the stages the taps read: a dry run through the rest would also pack their
-        // weights for oneDNN (random-best's unused 2048-channel blocks: 0.6 GB, 0.6 s).
-        let stages = net.body.forward_stages(&x, BnMode::Eval, last_stage_needed(net, &taps));
+        // Only the stages the taps read, on aten's ops: the fused ones would pack weights
+        // for a one-image input that no real batch has (and, through the unused stages,
+        // random-best's 2048-channel blocks: 0.6 GB, 0.6 s).
+        let stages = net.body.forward_stages(&x, BnMode::EvalAten, last_stage_needed(net, &taps));
         for (t, grid) in &taps {
             if let Tap::Stage(i) = t {
                 let size = stages[*i].size();
@@ -254,6 +255,6 @@ pub fn feature_dim(net: &Network, spec: &FeatureSpec, input: i64) -> Result<i64>
                 }
             }
         }
-        Ok(forward(net, &x, spec, &taps, BnMode::Eval).size()[1])
+        Ok(forward(net, &x, spec, &taps, BnMode::EvalAten).size()[1])
     })
 }

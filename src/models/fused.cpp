@@ -70,6 +70,44 @@ int cnnprobe_fused_conv(at::Tensor** out, const at::Tensor* x, const at::Tensor*
   }
 }
 
+// Weights reordered for oneDNN's blocked-layout convolution (no input size: the layout
+// oneDNN picks for a plain source), for `cnnprobe_blocked_conv`.
+int cnnprobe_blocked_prepack(at::Tensor** out, const at::Tensor* w, int64_t padding, int64_t stride, char* err,
+                             size_t err_len) {
+  try {
+    auto packed = at::mkldnn_reorder_conv2d_weight(w->contiguous().to_mkldnn(), pair(padding), pair(stride), pair(1), 1);
+    *out = new at::Tensor(std::move(packed));
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// The same result as cnnprobe_fused_conv, through oneDNN's blocked layout: x (dense) is
+// reordered in, the convolution runs on oneDNN's own tensors, and the output comes back
+// channels-last, where the ReLU and the residual add run as aten ops (NaN kept).
+int cnnprobe_blocked_conv(at::Tensor** out, const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
+                          int64_t padding, int64_t stride, int relu, at::Tensor* other, char* err, size_t err_len) {
+  try {
+    auto y = at::mkldnn_convolution(x->contiguous().to_mkldnn(), *w, *b, pair(padding), pair(stride), pair(1), 1)
+                 .to_dense()
+                 .contiguous(at::MemoryFormat::ChannelsLast);
+    if (other) {
+      other->add_(y);
+      if (relu) other->relu_();
+      *out = nullptr;
+    } else {
+      if (relu) y.relu_();
+      *out = new at::Tensor(std::move(y));
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, err_len, e.what());
+    return 1;
+  }
+}
+
 // Whether an invalid operation (the only source of a NaN from finite numbers) or an overflow
 // happened on this thread or any intra-op (OpenMP) thread since the last call; clears the
 // flags either way. IEEE's sticky status flags are per thread, so each pool thread reads

@@ -137,7 +137,7 @@ pub struct ConvBn {
     pub bn: Option<BatchNorm2d>,
     folded: Option<(Tensor, Tensor)>,
     /// The folded weights as a oneDNN fused conv (CPU fp32 only, see `fuse`).
-    fused: Option<FusedConv>,
+    fused: Option<Box<FusedConv>>,
 }
 
 impl ConvBn {
@@ -170,7 +170,7 @@ impl ConvBn {
     }
 
     fn fused_for(&self, mode: BnMode) -> Option<&FusedConv> {
-        self.fused.as_ref().filter(|_| mode == BnMode::Eval)
+        self.fused.as_deref().filter(|_| mode == BnMode::Eval)
     }
 
     fn forward_post(&self, x: &Tensor, mode: BnMode, post: Post) -> Tensor {
@@ -200,7 +200,7 @@ impl ConvBn {
     /// device, dtype and `fused::available`); off when not folded.
     pub fn fuse(&mut self, on: bool) {
         self.fused = match (&self.folded, on) {
-            (Some((w, b)), true) => Some(FusedConv::new(w, b, self.conv.padding, self.conv.stride)),
+            (Some((w, b)), true) => Some(Box::new(FusedConv::new(w, b, self.conv.padding, self.conv.stride))),
             _ => None,
         };
     }
