@@ -3,7 +3,8 @@
 //! weights pre-packed once into oneDNN's blocked layout. On ResNet-18 this measured
 //! 1.06–1.20× TorchScript's `freeze` + `optimize_for_inference` (which fuses the same way).
 //! The ops are libtorch's `mkldnn::_convolution_pointwise*`, reached through fused.cpp.
-//! Convs with tiny output maps run in oneDNN's blocked layout instead (`BLOCKED_MAX_POSITIONS`).
+//! Convs with tiny output maps run in oneDNN's blocked layout instead (`BLOCKED_MAX_POSITIONS`),
+//! and wide stride-1 3×3 convs as Winograd F(2×2, 3×3) (`WINO_MIN_CHANNELS`).
 use anyhow::{anyhow, Result};
 use std::cell::{OnceCell, RefCell};
 use std::sync::OnceLock;
@@ -30,11 +31,13 @@ mod ffi {
     use std::os::raw::{c_char, c_int};
     use torch_sys::C_tensor;
     extern "C" {
+        #[allow(clippy::too_many_arguments)]
         pub fn cnnprobe_fused_prepack(
             out: *mut *mut C_tensor,
             w: *const C_tensor,
             padding: i64,
             stride: i64,
+            groups: i64,
             input_size: *const i64,
             err: *mut c_char,
             err_len: usize,
@@ -47,6 +50,7 @@ mod ffi {
             b: *const C_tensor,
             padding: i64,
             stride: i64,
+            groups: i64,
             attr: *const c_char,
             other: *mut C_tensor,
             err: *mut c_char,
@@ -70,6 +74,32 @@ mod ffi {
             stride: i64,
             relu: c_int,
             other: *mut C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn cnnprobe_wino_weights(
+            out: *mut *mut C_tensor,
+            w: *const C_tensor,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        pub fn cnnprobe_wino_input(
+            out: *mut *mut C_tensor,
+            x: *const C_tensor,
+            n0: i64,
+            n1: i64,
+            err: *mut c_char,
+            err_len: usize,
+        ) -> c_int;
+        #[allow(clippy::too_many_arguments)]
+        pub fn cnnprobe_wino_output(
+            y: *mut C_tensor,
+            m: *const C_tensor,
+            bias: *const C_tensor,
+            n0: i64,
+            n1: i64,
+            relu: c_int,
+            add: c_int,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
@@ -111,6 +141,7 @@ mod ffi {
         _: *const C_tensor,
         _: i64,
         _: i64,
+        _: i64,
         _: *const i64,
         err: *mut c_char,
         len: usize,
@@ -122,6 +153,7 @@ mod ffi {
         _: *const C_tensor,
         _: *const C_tensor,
         _: *const C_tensor,
+        _: i64,
         _: i64,
         _: i64,
         _: *const c_char,
@@ -150,6 +182,37 @@ mod ffi {
         _: i64,
         _: c_int,
         _: *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
+    pub unsafe fn cnnprobe_wino_weights(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
+    pub unsafe fn cnnprobe_wino_input(
+        _: *mut *mut C_tensor,
+        _: *const C_tensor,
+        _: i64,
+        _: i64,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int {
+        absent(err, len)
+    }
+    pub unsafe fn cnnprobe_wino_output(
+        _: *mut C_tensor,
+        _: *const C_tensor,
+        _: *const C_tensor,
+        _: i64,
+        _: i64,
+        _: c_int,
+        _: c_int,
         err: *mut c_char,
         len: usize,
     ) -> c_int {
@@ -240,12 +303,12 @@ pub fn encode_pool(z: &Tensor, inv: &Tensor, thr: &Tensor, cells: &Tensor, soft:
 }
 
 /// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).
-fn prepack(w: &Tensor, padding: i64, stride: i64, input_size: &[i64]) -> Result<Tensor> {
+fn prepack(w: &Tensor, padding: i64, stride: i64, groups: i64, input_size: &[i64]) -> Result<Tensor> {
     let size: [i64; 4] = input_size.try_into().map_err(|_| anyhow!("fused conv: input is not 4-d"))?;
     let mut out = std::ptr::null_mut();
     // SAFETY: the shim reads `w` and `size` and writes one new tensor into `out`.
     call(|err, len| unsafe {
-        ffi::cnnprobe_fused_prepack(&mut out, w.as_ptr(), padding, stride, size.as_ptr(), err, len)
+        ffi::cnnprobe_fused_prepack(&mut out, w.as_ptr(), padding, stride, groups, size.as_ptr(), err, len)
     })?;
     // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
     Ok(unsafe { Tensor::from_ptr(out) })
@@ -268,7 +331,27 @@ pub struct FusedConv {
     packed: RefCell<Vec<(Vec<i64>, Tensor)>>,
     /// The weights in oneDNN's blocked layout, for the convs `blocked_for` picks.
     blocked: OnceCell<Tensor>,
+    /// The 16 products of the Winograd transform domain as one 16-group 1×1 conv, for the
+    /// convs `wino_for` picks.
+    wino: OnceCell<Box<FusedConv>>,
+    /// Groups (16 for the Winograd products, else 1).
+    groups: i64,
+    /// The Winograd products themselves: always the channels-last path.
+    plain: bool,
 }
+
+/// Stride-1 3×3 convs with at least this many input and output channels run as Winograd
+/// F(2×2, 3×3), 2.25× fewer multiplications, where the map is larger than
+/// `BLOCKED_MAX_POSITIONS`. With fewer channels the transforms' memory traffic outweighs the
+/// saving: on the 2-core AVX-512 machine, ResNet-18's 128-channel stage gained nothing and
+/// its 256- and 512-channel stages 5–10%; random-best's 256→512 conv at 16×16 took 3.6 ms
+/// per 4 images against 4.3 direct (scripts/bench_extract.py has the whole networks).
+const WINO_MIN_CHANNELS: i64 = 256;
+
+/// Tiles per round of the Winograd transforms (a chunk of the batch): the round's
+/// transform-domain buffers, 16 × tiles × (C + K) floats (12 MB at C + K = 768), stay in the
+/// last-level cache between the transforms and the products; rounds of 1024 ran slower.
+const WINO_TILES: i64 = 256;
 
 /// Output maps of at most this many positions run in oneDNN's blocked layout. On a 2-core
 /// AVX-512 machine, channels-last convolutions of such maps ran 1.1–1.6× slower than the
@@ -280,8 +363,8 @@ const BLOCKED_MAX_POSITIONS: i64 = 4;
 impl FusedConv {
     pub fn new(weight: &Tensor, bias: &Tensor, padding: i64, stride: i64) -> FusedConv {
         let bias = bias.contiguous();
-        let (packed, blocked) = (RefCell::new(Vec::new()), OnceCell::new());
-        FusedConv { weight: weight.contiguous(), bias, padding, stride, packed, blocked }
+        let (packed, blocked, wino) = (RefCell::new(Vec::new()), OnceCell::new(), OnceCell::new());
+        FusedConv { weight: weight.contiguous(), bias, padding, stride, packed, blocked, wino, groups: 1, plain: false }
     }
 
     fn packed(&self, x: &Tensor) -> Result<Tensor> {
@@ -291,7 +374,7 @@ impl FusedConv {
             cache[..=i].rotate_right(1);
             return Ok(cache[0].1.shallow_clone());
         }
-        let w = prepack(&self.weight, self.padding, self.stride, &size)?;
+        let w = prepack(&self.weight, self.padding, self.stride, self.groups, &size)?;
         cache.insert(0, (size, w.shallow_clone()));
         cache.truncate(SHAPES);
         Ok(w)
@@ -316,9 +399,23 @@ impl FusedConv {
         size.len() == 4 && out(size[2]) * out(size[3]) <= BLOCKED_MAX_POSITIONS
     }
 
+    /// Whether `x` takes the Winograd path (see `WINO_MIN_CHANNELS`).
+    fn wino_for(&self, x: &Tensor) -> bool {
+        let (size, w) = (x.size(), self.weight.size());
+        size.len() == 4
+            && w[2..] == [3, 3]
+            && (self.stride, self.padding) == (1, 1)
+            && size[2] % 2 == 0
+            && size[3] % 2 == 0
+            && w[0].min(w[1]) >= WINO_MIN_CHANNELS
+    }
+
     fn run(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
-        if self.blocked_for(x) {
+        if !self.plain && self.blocked_for(x) {
             return self.run_blocked(x, post, other);
+        }
+        if !self.plain && self.wino_for(x) {
+            return self.run_wino(x, post, other);
         }
         let w = self.packed(x)?;
         let other = other.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
@@ -333,6 +430,7 @@ impl FusedConv {
                 b,
                 self.padding,
                 self.stride,
+                self.groups,
                 attr,
                 other,
                 err,
@@ -341,6 +439,66 @@ impl FusedConv {
         })?;
         // SAFETY: a non-null `out` is a heap at::Tensor the shim gave up.
         Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+    }
+
+    /// The 16 transform-domain filters as one 16-group 1×1 conv, (T, 16·C) → (T, 16·K), made
+    /// on first use. One grouped call ran the products at 456–496 GFLOP/s against 367–423 for
+    /// 16 calls (256 tiles; C, K = 256, 512), and lays each tile's components side by side.
+    fn wino_products(&self) -> Result<&FusedConv> {
+        if let Some(u) = self.wino.get() {
+            return Ok(u);
+        }
+        let mut out = std::ptr::null_mut();
+        // SAFETY: the shim reads the weights and writes one new tensor into `out`.
+        call(|err, len| unsafe { ffi::cnnprobe_wino_weights(&mut out, self.weight.as_ptr(), err, len) })?;
+        // SAFETY: on success `out` is a heap at::Tensor the shim gave up.
+        let u = unsafe { Tensor::from_ptr(out) };
+        let (k, c) = (u.size()[1], u.size()[2]);
+        let zeros = Tensor::zeros([16 * k], (Kind::Float, Device::Cpu));
+        let mut conv = FusedConv::new(&u.view([16 * k, c, 1, 1]), &zeros, 0, 1);
+        (conv.groups, conv.plain) = (16, true);
+        Ok(self.wino.get_or_init(|| Box::new(conv)))
+    }
+
+    fn run_wino(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
+        let products = self.wino_products()?;
+        let size = x.size();
+        let (n, c, h, w, k) = (size[0], size[1], size[2], size[3], self.weight.size()[0]);
+        let add = other.is_some();
+        let mut y = match other {
+            Some(o) => o.shallow_clone(),
+            // Channels-last (N, K, H, W): NHWC memory seen through NCHW sizes.
+            None => Tensor::empty([n, h, w, k], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]),
+        };
+        let chunk = (WINO_TILES / (h / 2 * (w / 2))).max(1);
+        let relu = (post == Post::Relu) as i32;
+        for n0 in (0..n).step_by(chunk as usize) {
+            let n1 = (n0 + chunk).min(n);
+            let mut v = std::ptr::null_mut();
+            // SAFETY: the shim reads `x` and writes one new tensor into `v`.
+            call(|err, len| unsafe { ffi::cnnprobe_wino_input(&mut v, x.as_ptr(), n0, n1, err, len) })?;
+            // SAFETY: on success `v` is a heap at::Tensor the shim gave up.
+            let v = unsafe { Tensor::from_ptr(v) };
+            let tiles = v.size()[0];
+            // (1, 16·C, T, 1) channels-last: one image of T positions, so oneDNN blocks over
+            // the tiles (as T images of one position each it ran at a quarter of the speed).
+            let m = products.forward(&v.view([1, tiles, 1, 16 * c]).permute([0, 3, 1, 2]), Post::None)?;
+            // SAFETY: the shim reads the products and the bias and writes into `y`'s storage.
+            call(|err, len| unsafe {
+                ffi::cnnprobe_wino_output(
+                    y.as_mut_ptr(),
+                    m.as_ptr(),
+                    self.bias.as_ptr(),
+                    n0,
+                    n1,
+                    relu,
+                    add as i32,
+                    err,
+                    len,
+                )
+            })?;
+        }
+        Ok((!add).then_some(y))
     }
 
     fn run_blocked(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
@@ -415,4 +573,39 @@ fn self_check() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Winograd and blocked paths against aten's conv2d, ReLU and residual add, on
+    /// channel counts that are not multiples of 16 (the transforms' tail blocks) and a batch
+    /// that splits into two rounds of tiles.
+    #[test]
+    fn winograd_and_blocked_convs_match_aten() {
+        if !available() {
+            panic!("fused convolutions unavailable on this CPU libtorch");
+        }
+        tch::no_grad(|| {
+            let opts = (Kind::Float, Device::Cpu);
+            tch::manual_seed(0);
+            for (n, c, k, h, w) in [(70, 264, 280, 4, 6), (5, 256, 260, 2, 2), (3, 300, 256, 8, 8)] {
+                let x = crate::models::layers::channels_last(&Tensor::randn([n, c, h, w], opts));
+                let weight = Tensor::randn([k, c, 3, 3], opts) / (3.0 * (c as f64).sqrt());
+                let bias = Tensor::randn([k], opts);
+                let conv = FusedConv::new(&weight, &bias, 1, 1);
+                assert!(conv.wino_for(&x) || conv.blocked_for(&x), "{n}×{c}×{h}×{w} takes neither path");
+                let want = x.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], 1);
+                let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+                let relu = conv.forward(&x, Post::Relu).unwrap();
+                assert!(rel(&relu, &want.relu()) < 1e-5, "relu {n}×{c}×{h}×{w}: {}", rel(&relu, &want.relu()));
+                let shortcut = crate::models::layers::channels_last(&Tensor::randn([n, k, h, w], opts));
+                let mut sum = shortcut.copy();
+                conv.forward_add_relu_(&x, &mut sum).unwrap();
+                let want_sum = (&want + &shortcut).relu();
+                assert!(rel(&sum, &want_sum) < 1e-5, "add {n}×{c}×{h}×{w}: {}", rel(&sum, &want_sum));
+            }
+        });
+    }
 }
