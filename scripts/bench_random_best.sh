@@ -4,11 +4,13 @@
 #   before  the settings before issue 17: aten's convolutions (`--fused off`) and 4 KB pages
 #           (THP_MEM_ALLOC_ENABLE=0)
 #   after   today's defaults: oneDNN's fused convolutions, libtorch's huge-page allocations
+#   With BEFORE_BIN set, "before" is instead that binary with its own defaults (an earlier
+#   build, to measure what a change of code bought).
 #
 # usage: scripts/bench_random_best.sh DATA/cifar-10-batches-bin [SEEDS] [OUT_CSV]
 #   SEEDS   default "0"; each seed runs both paths, the order flipped on odd seeds
 #   OUT_CSV default results/random_best_wall.csv
-# Env: CNNPROBE_BIN (default target/release/cnnprobe), THREADS (default: all cores).
+# Env: CNNPROBE_BIN (default target/release/cnnprobe), BEFORE_BIN, THREADS (default: all cores).
 set -euo pipefail
 data=${1:?usage: $0 DATA/cifar-10-batches-bin [SEEDS] [OUT_CSV]}
 seeds=${2:-0}
@@ -23,9 +25,16 @@ for seed in $seeds; do
   order="before after"
   [ $((seed % 2)) -eq 1 ] && order="after before"
   for which in $order; do
-    if [ "$which" = before ]; then fused=off thp=0; else fused=auto thp=1; fi
+    run_bin=$bin
+    if [ "$which" = after ]; then
+      fused=auto thp=1
+    elif [ -n "${BEFORE_BIN:-}" ]; then
+      fused=auto thp=1 run_bin=$BEFORE_BIN
+    else
+      fused=off thp=0
+    fi
     start=$(date +%s.%N)
-    THP_MEM_ALLOC_ENABLE=$thp "$bin" run --preset random-best --data "$data" --seed "$seed" --threads "$threads" \
+    THP_MEM_ALLOC_ENABLE=$thp "$run_bin" run --preset random-best --data "$data" --seed "$seed" --threads "$threads" \
       --fused "$fused" --no-cache --out "$work/run-$seed-$which" --summary "$work/summary-$seed-$which.csv" >/dev/null
     end=$(date +%s.%N)
     python3 - "$work/summary-$seed-$which.csv" "$seed" "$which" "$thp" "$threads" "$start" "$end" >>"$work/rows.csv" <<'PY'
