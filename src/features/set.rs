@@ -9,8 +9,8 @@ use crate::data::whiten::{self, Whiten};
 use crate::data::{DataConfig, InputNorm};
 use crate::models::{frozen, ModelConfig, WeightsSource};
 use crate::util::device::{self, Compute};
+use crate::util::digest;
 use crate::util::names::value_name;
-use crate::util::{digest, libtorch};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -265,7 +265,6 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         parts.push(("test_flip", &test, flipped));
     }
     let (mut extract_s, mut images, mut feature_dim) = (0.0, 0, 0);
-    let keep = libtorch::keep_freed_memory();
     for (part, source, feed) in parts {
         let (health, secs) = extract::extract(&nets, &cfg.features, &pre, source, feed, part, sink)?;
         if part == "train" {
@@ -273,7 +272,6 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         }
         (extract_s, images, feature_dim) = (extract_s + secs, images + source.len(), health.dim());
     }
-    drop(keep);
     let skipped = train.skipped() + test.skipped();
     if skipped > 0 {
         eprintln!("warning: skipped {skipped} unreadable image(s) (--skip-bad-images)");

@@ -474,6 +474,7 @@ impl FusedConv {
 
     fn run_wino(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
         let products = self.wino_products()?;
+        let _keep = crate::util::libtorch::keep_freed_memory();
         let size = x.size();
         let (n, c, h, w, k) = (size[0], size[1], size[2], size[3], self.weight.size()[0]);
         let add = other.is_some();

@@ -64,14 +64,14 @@ fn fixed_mmap_threshold(bytes: i32) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn fixed_mmap_threshold(_: i32) {}
 
-/// While alive, freed memory stays with the process for the next batch: glibc serves every
-/// block from its heap (no mmap) and trims nothing. Why: a batch's activations are freed
-/// and allocated again at the same sizes, and each fresh mapping is zeroed by the kernel
-/// page by page on first touch: 18% of a VGG-11-BN extraction's cycles on an AVX-512
-/// machine (perf), and 20–40% more images/s for VGG-11-BN, ResNet-50 and random-best's
-/// network once they stayed (results/bench_extract.csv). On drop, the previous policy
-/// returns and the free pages go back to the kernel, so the probe that follows does not
-/// inherit the extraction's peak.
+/// While alive, freed memory stays with the process: glibc serves every block from its heap
+/// (no mmap) and trims nothing. Why: the Winograd convolutions (models::fused) allocate
+/// and free their transform buffers, a few MB each, dozens of times per batch, and each
+/// fresh mapping was zeroed by the kernel page by page on first touch: random-best's network
+/// ran at 446–458 images/s that way against 829–884 with the memory kept. On drop, large
+/// blocks are mapped again; the heap keeps what it holds. Held for a whole extraction
+/// instead, it let a streamed export's peak RSS vary by ±80 MB run to run
+/// (tests/stream_memory.rs failed once), so it is held per Winograd call.
 #[must_use = "the policy ends when the guard drops"]
 pub struct KeepFreedMemory(());
 
@@ -86,11 +86,10 @@ pub fn keep_freed_memory() -> KeepFreedMemory {
 
 impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
-        // glibc's defaults (DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD, DEFAULT_TOP_PAD).
+        // Large blocks are mapped again (glibc's DEFAULT_MMAP_MAX), so a probe's big matrices
+        // still go back to the kernel when freed. The trim threshold stays up: the heap keeps
+        // the pages this call used for the next one (trimming them cost ResNet-18 7%).
         glibc::set(glibc::M_MMAP_MAX, 65536);
-        glibc::set(glibc::M_TRIM_THRESHOLD, 128 << 10);
-        glibc::set(glibc::M_TOP_PAD, 128 << 10);
-        glibc::trim();
     }
 }
 
@@ -101,15 +100,10 @@ mod glibc {
     pub const M_MMAP_MAX: i32 = -4;
     extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
-        fn malloc_trim(pad: usize) -> i32;
     }
     pub fn set(param: i32, value: i32) {
         // SAFETY: mallopt sets an allocator parameter under the allocator's own lock.
         unsafe { mallopt(param, value) };
-    }
-    pub fn trim() {
-        // SAFETY: returns free pages to the kernel under the allocator's lock.
-        unsafe { malloc_trim(0) };
     }
 }
 
@@ -119,5 +113,4 @@ mod glibc {
     pub const M_TOP_PAD: i32 = -2;
     pub const M_MMAP_MAX: i32 = -4;
     pub fn set(_: i32, _: i32) {}
-    pub fn trim() {}
 }
