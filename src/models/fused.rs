@@ -255,6 +255,16 @@ fn call(f: impl FnOnce(*mut std::os::raw::c_char, usize) -> i32) -> Result<()> {
     Err(anyhow!("oneDNN fused conv: {}", msg.unwrap_or_default().lines().next().unwrap_or("")))
 }
 
+/// Runs a shim call that hands over one new tensor through its first argument.
+fn new_tensor(
+    f: impl FnOnce(*mut *mut torch_sys::C_tensor, *mut std::os::raw::c_char, usize) -> i32,
+) -> Result<Tensor> {
+    let mut out = std::ptr::null_mut();
+    call(|err, len| f(&mut out, err, len))?;
+    // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// Whether a floating-point invalid operation or overflow happened on the calling thread or
 /// libtorch's CPU thread pool since the last call (the flags are cleared either way).
 ///
@@ -284,34 +294,19 @@ pub fn pin_memory(x: &Tensor, device: Device) -> Tensor {
 /// `cells`[c, l]·`inv`[l]·relu(±z − `thr`[l]) with `soft`, else (n, 1, K, C) of `cells`·`inv`·z.
 /// Err where the shim is absent (the caller then takes libtorch's ops).
 pub fn encode_pool(z: &Tensor, inv: &Tensor, thr: &Tensor, cells: &Tensor, soft: bool) -> Result<Tensor> {
-    let mut out = std::ptr::null_mut();
     // SAFETY: the shim reads the four live tensors and writes one new tensor into `out`.
-    call(|err, len| unsafe {
-        ffi::cnnprobe_encode_pool(
-            &mut out,
-            z.as_ptr(),
-            inv.as_ptr(),
-            thr.as_ptr(),
-            cells.as_ptr(),
-            soft as i32,
-            err,
-            len,
-        )
-    })?;
-    // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    new_tensor(|out, err, len| unsafe {
+        ffi::cnnprobe_encode_pool(out, z.as_ptr(), inv.as_ptr(), thr.as_ptr(), cells.as_ptr(), soft as i32, err, len)
+    })
 }
 
 /// `w` (OIHW fp32) reordered for inputs of `input_size` (N, C, H, W).
 fn prepack(w: &Tensor, padding: i64, stride: i64, groups: i64, input_size: &[i64]) -> Result<Tensor> {
     let size: [i64; 4] = input_size.try_into().map_err(|_| anyhow!("fused conv: input is not 4-d"))?;
-    let mut out = std::ptr::null_mut();
     // SAFETY: the shim reads `w` and `size` and writes one new tensor into `out`.
-    call(|err, len| unsafe {
-        ffi::cnnprobe_fused_prepack(&mut out, w.as_ptr(), padding, stride, groups, size.as_ptr(), err, len)
-    })?;
-    // SAFETY: on success `out` is a heap at::Tensor the shim gave up; Tensor owns it now.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    new_tensor(|out, err, len| unsafe {
+        ffi::cnnprobe_fused_prepack(out, w.as_ptr(), padding, stride, groups, size.as_ptr(), err, len)
+    })
 }
 
 /// Whether the CPU has AVX-512, where the blocked and Winograd paths were measured to pay.
@@ -460,11 +455,8 @@ impl FusedConv {
         if let Some(u) = self.wino.get() {
             return Ok(u);
         }
-        let mut out = std::ptr::null_mut();
         // SAFETY: the shim reads the weights and writes one new tensor into `out`.
-        call(|err, len| unsafe { ffi::cnnprobe_wino_weights(&mut out, self.weight.as_ptr(), err, len) })?;
-        // SAFETY: on success `out` is a heap at::Tensor the shim gave up.
-        let u = unsafe { Tensor::from_ptr(out) };
+        let u = new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_weights(out, self.weight.as_ptr(), err, len) })?;
         let (k, c) = (u.size()[1], u.size()[2]);
         let zeros = Tensor::zeros([16 * k], (Kind::Float, Device::Cpu));
         let mut conv = FusedConv::new(&u.view([16 * k, c, 1, 1]), &zeros, 0, 1);
@@ -487,11 +479,8 @@ impl FusedConv {
         let relu = (post == Post::Relu) as i32;
         for n0 in (0..n).step_by(chunk as usize) {
             let n1 = (n0 + chunk).min(n);
-            let mut v = std::ptr::null_mut();
-            // SAFETY: the shim reads `x` and writes one new tensor into `v`.
-            call(|err, len| unsafe { ffi::cnnprobe_wino_input(&mut v, x.as_ptr(), n0, n1, err, len) })?;
-            // SAFETY: on success `v` is a heap at::Tensor the shim gave up.
-            let v = unsafe { Tensor::from_ptr(v) };
+            // SAFETY: the shim reads `x` and writes one new tensor into `out`.
+            let v = new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_input(out, x.as_ptr(), n0, n1, err, len) })?;
             let tiles = v.size()[0];
             // (1, 16·C, T, 1) channels-last: one image of T positions, so oneDNN blocks over
             // the tiles (as T images of one position each it ran at a quarter of the speed).
@@ -518,13 +507,11 @@ impl FusedConv {
         let w = match self.blocked.get() {
             Some(w) => w,
             None => {
-                let mut out = std::ptr::null_mut();
                 // SAFETY: the shim reads the weights and writes one new tensor into `out`.
-                call(|err, len| unsafe {
-                    ffi::cnnprobe_blocked_prepack(&mut out, self.weight.as_ptr(), self.padding, self.stride, err, len)
+                let w = new_tensor(|out, err, len| unsafe {
+                    ffi::cnnprobe_blocked_prepack(out, self.weight.as_ptr(), self.padding, self.stride, err, len)
                 })?;
-                // SAFETY: on success `out` is a heap at::Tensor the shim gave up.
-                self.blocked.get_or_init(|| unsafe { Tensor::from_ptr(out) })
+                self.blocked.get_or_init(|| w)
             }
         };
         let other = other.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
