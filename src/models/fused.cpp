@@ -47,78 +47,145 @@ inline void store16(float* dst, const float* src, int64_t n) {
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void wino_input_tiles(const float* px, float* pv, const float* zeros, int64_t n0, int64_t t0, int64_t t1, int64_t C,
-                      int64_t H, int64_t W) {
-  const int64_t th = H / 2, tw = W / 2;
-  const float* d[4][4];
+// Winograd F(M×M, 3×3), M = 2 or 4: each (M+2)×(M+2) input tile d goes to Bᵀ d B, and the
+// (M+2)² products of a tile back to its M×M outputs by Aᵀ m A. Bᵀ and Aᵀ are Lavin & Gray's
+// (interpolation points 0, ±1 for M = 2; 0, ±1, ±2 for M = 4), written out by hand: a
+// generic matrix loop would multiply by every zero.
+
+// Bᵀ applied to the six (M = 4) or four (M = 2) rows d[0..A) of one column, 16 channels.
+template <int M>
+inline __attribute__((always_inline)) void input_rows(const float (*d)[CB], float (*u)[CB]) {
+  for (int64_t c = 0; c < CB; ++c) {
+    if constexpr (M == 2) {
+      u[0][c] = d[0][c] - d[2][c];
+      u[1][c] = d[1][c] + d[2][c];
+      u[2][c] = d[2][c] - d[1][c];
+      u[3][c] = d[1][c] - d[3][c];
+    } else {
+      const float a = d[4][c] - d[2][c], b = d[1][c] - d[3][c];
+      u[0][c] = 4.f * d[0][c] - 5.f * d[2][c] + d[4][c];
+      u[1][c] = d[3][c] + d[4][c] - 4.f * (d[1][c] + d[2][c]);
+      u[2][c] = d[4][c] - d[3][c] + 4.f * (d[1][c] - d[2][c]);
+      u[3][c] = a - 2.f * b;
+      u[4][c] = a + 2.f * b;
+      u[5][c] = 4.f * d[1][c] - 5.f * d[3][c] + d[5][c];
+    }
+  }
+}
+
+// Aᵀ applied to the A rows m[0..A) of one column: M outputs, 16 channels.
+template <int M>
+inline __attribute__((always_inline)) void output_rows(const float (*m)[CB], float (*o)[CB]) {
+  for (int64_t k = 0; k < CB; ++k) {
+    if constexpr (M == 2) {
+      o[0][k] = m[0][k] + m[1][k] + m[2][k];
+      o[1][k] = m[1][k] - m[2][k] - m[3][k];
+    } else {
+      const float a = m[1][k] + m[2][k], b = m[1][k] - m[2][k], c = m[3][k] + m[4][k], e = m[3][k] - m[4][k];
+      o[0][k] = m[0][k] + a + c;
+      o[1][k] = b + 2.f * e;
+      o[2][k] = a + 4.f * c;
+      o[3][k] = b + 8.f * e + m[5][k];
+    }
+  }
+}
+
+// Bᵀ d B for tiles [t0, t1) of images from n0 on: V (T, A², C).
+template <int M>
+inline __attribute__((always_inline)) void input_tiles(const float* px, float* pv, const float* zeros, int64_t n0,
+                                                       int64_t t0, int64_t t1, int64_t C, int64_t H, int64_t W) {
+  constexpr int A = M + 2;
+  const int64_t th = H / M, tw = W / M;
+  const float* d[A][A];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t n = n0 + t / (th * tw), i = (t / tw) % th, j = t % tw;
-    for (int a = 0; a < 4; ++a)
-      for (int b = 0; b < 4; ++b) {
-        const int64_t r = 2 * i - 1 + a, q = 2 * j - 1 + b;
+    for (int a = 0; a < A; ++a)
+      for (int b = 0; b < A; ++b) {
+        const int64_t r = M * i - 1 + a, q = M * j - 1 + b;
         d[a][b] = (r < 0 || r >= H || q < 0 || q >= W) ? zeros : px + ((n * H + r) * W + q) * C;
       }
     for (int64_t c0 = 0; c0 < C; c0 += CB) {
       const int64_t cn = std::min(CB, C - c0);
-      float in[4][4][CB], u[4][4][CB], o[16][CB];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) load16(in[a][b], d[a][b] + c0, cn);
-      for (int b = 0; b < 4; ++b)  // Bᵀ d, column b
-        for (int64_t c = 0; c < CB; ++c) {
-          u[0][b][c] = in[0][b][c] - in[2][b][c];
-          u[1][b][c] = in[1][b][c] + in[2][b][c];
-          u[2][b][c] = in[2][b][c] - in[1][b][c];
-          u[3][b][c] = in[1][b][c] - in[3][b][c];
+      // Columns first: in[b] holds column b's A rows, u[b] their transform; then each
+      // transformed row a, gathered across the columns, goes through Bᵀ again.
+      float in[A][A][CB], u[A][A][CB], row[A][CB], o[A][CB];
+      for (int a = 0; a < A; ++a)
+        for (int b = 0; b < A; ++b) load16(in[b][a], d[a][b] + c0, cn);
+      for (int b = 0; b < A; ++b) input_rows<M>(in[b], u[b]);
+      for (int a = 0; a < A; ++a) {
+        for (int b = 0; b < A; ++b)
+          for (int64_t c = 0; c < CB; ++c) row[b][c] = u[b][a][c];
+        input_rows<M>(row, o);
+        for (int b = 0; b < A; ++b) store16(pv + (t * A * A + A * a + b) * C + c0, o[b], cn);
+      }
+    }
+  }
+}
+
+// Aᵀ M A + bias (+ the residual already in y), ReLU as aten's (NaN stays), into y.
+template <int M>
+inline __attribute__((always_inline)) void output_tiles(const float* pm, const float* pb, float* py, int64_t n0,
+                                                        int64_t t0, int64_t t1, int64_t K, int64_t H, int64_t W,
+                                                        bool relu, bool add) {
+  constexpr int A = M + 2;
+  const int64_t th = H / M, tw = W / M;
+  const float zero[CB] = {};
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = n0 + t / (th * tw), i = (t / tw) % th, j = t % tw;
+    float* yo[M][M];
+    for (int a = 0; a < M; ++a)
+      for (int b = 0; b < M; ++b) yo[a][b] = py + ((n * H + M * i + a) * W + M * j + b) * K;
+    for (int64_t k0 = 0; k0 < K; k0 += CB) {
+      const int64_t kn = std::min(CB, K - k0);
+      // Rows first: s[a] = Aᵀ applied along row a of the A×A products; then each output
+      // column q gathers s[·][q] and goes through Aᵀ again.
+      float m[A][A][CB], s[A][M][CB], col[A][CB], o[M][CB], bias[CB], r[CB];
+      for (int a = 0; a < A; ++a)
+        for (int b = 0; b < A; ++b) load16(m[a][b], pm + (t * A * A + A * a + b) * K + k0, kn);
+      load16(bias, pb + k0, kn);
+      for (int a = 0; a < A; ++a) output_rows<M>(m[a], s[a]);
+      for (int q = 0; q < M; ++q) {
+        for (int a = 0; a < A; ++a)
+          for (int64_t k = 0; k < CB; ++k) col[a][k] = s[a][q][k];
+        output_rows<M>(col, o);
+        for (int p = 0; p < M; ++p) {
+          load16(r, add ? yo[p][q] + k0 : zero, add ? kn : CB);
+          for (int64_t k = 0; k < CB; ++k) {
+            float v = o[p][k] + bias[k] + r[k];
+            r[k] = relu && v < 0.f ? 0.f : v;
+          }
+          store16(yo[p][q] + k0, r, kn);
         }
-      for (int a = 0; a < 4; ++a)  // (Bᵀ d) B, row a
-        for (int64_t c = 0; c < CB; ++c) {
-          o[4 * a + 0][c] = u[a][0][c] - u[a][2][c];
-          o[4 * a + 1][c] = u[a][1][c] + u[a][2][c];
-          o[4 * a + 2][c] = u[a][2][c] - u[a][1][c];
-          o[4 * a + 3][c] = u[a][1][c] - u[a][3][c];
-        }
-      for (int e = 0; e < 16; ++e) store16(pv + (t * 16 + e) * C + c0, o[e], cn);
+      }
     }
   }
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void wino_output_tiles(const float* pm, const float* pb, float* py, int64_t n0, int64_t t0, int64_t t1,
-                       int64_t K, int64_t H, int64_t W, bool relu, bool add) {
-  const int64_t th = H / 2, tw = W / 2;
-  const float zero[CB] = {};
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t n = n0 + t / (th * tw), i = (t / tw) % th, j = t % tw;
-    float* yo[4];
-    for (int a = 0; a < 2; ++a)
-      for (int c = 0; c < 2; ++c) yo[2 * a + c] = py + ((n * H + 2 * i + a) * W + 2 * j + c) * K;
-    for (int64_t k0 = 0; k0 < K; k0 += CB) {
-      const int64_t kn = std::min(CB, K - k0);
-      float m[16][CB], s[2][4][CB], r[4][CB], bias[CB];
-      for (int e = 0; e < 16; ++e) load16(m[e], pm + (t * 16 + e) * K + k0, kn);
-      for (int q = 0; q < 4; ++q) load16(r[q], add ? yo[q] + k0 : zero, add ? kn : CB);
-      load16(bias, pb + k0, kn);
-      for (int q = 0; q < 4; ++q)  // Aᵀ M, column q
-        for (int64_t k = 0; k < CB; ++k) {
-          s[0][q][k] = m[q][k] + m[4 + q][k] + m[8 + q][k];
-          s[1][q][k] = m[4 + q][k] - m[8 + q][k] - m[12 + q][k];
-        }
-      for (int a = 0; a < 2; ++a)  // (Aᵀ M) A + bias (+ residual), ReLU as aten's (NaN stays)
-        for (int64_t k = 0; k < CB; ++k) {
-          float v0 = s[a][0][k] + s[a][1][k] + s[a][2][k] + bias[k] + r[2 * a][k];
-          float v1 = s[a][1][k] - s[a][2][k] - s[a][3][k] + bias[k] + r[2 * a + 1][k];
-          if (relu) {
-            v0 = v0 < 0.f ? 0.f : v0;
-            v1 = v1 < 0.f ? 0.f : v1;
-          }
-          r[2 * a][k] = v0;
-          r[2 * a + 1][k] = v1;
-        }
-      for (int q = 0; q < 4; ++q) store16(yo[q] + k0, r[q], kn);
-    }
-  }
+void wino_input_tiles2(const float* px, float* pv, const float* zeros, int64_t n0, int64_t t0, int64_t t1, int64_t C,
+                       int64_t H, int64_t W) {
+  input_tiles<2>(px, pv, zeros, n0, t0, t1, C, H, W);
 }
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void wino_input_tiles4(const float* px, float* pv, const float* zeros, int64_t n0, int64_t t0, int64_t t1, int64_t C,
+                       int64_t H, int64_t W) {
+  input_tiles<4>(px, pv, zeros, n0, t0, t1, C, H, W);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void wino_output_tiles2(const float* pm, const float* pb, float* py, int64_t n0, int64_t t0, int64_t t1, int64_t K,
+                        int64_t H, int64_t W, bool relu, bool add) {
+  output_tiles<2>(pm, pb, py, n0, t0, t1, K, H, W, relu, add);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void wino_output_tiles4(const float* pm, const float* pb, float* py, int64_t n0, int64_t t0, int64_t t1, int64_t K,
+                        int64_t H, int64_t W, bool relu, bool add) {
+  output_tiles<4>(pm, pb, py, n0, t0, t1, K, H, W, relu, add);
+}
+
+bool tile_ok(int64_t m) { return m == 2 || m == 4; }
 
 }  // namespace
 
@@ -207,18 +274,24 @@ int cnnprobe_blocked_conv(at::Tensor** out, const at::Tensor* x, const at::Tenso
   }
 }
 
-// Winograd F(2×2, 3×3) for stride-1, padding-1 3×3 convolutions: each 4×4 input tile and
-// 3×3 filter go to a 4×4 transform domain where the convolution is 16 independent matrix
-// products (tiles × C by C × K), 16 multiplications per 2×2 outputs instead of 36. The
-// products run as oneDNN 1×1 convolutions (fused.rs); here are the transforms.
+// Winograd F(M×M, 3×3), M = 2 or 4, for stride-1, padding-1 3×3 convolutions: each
+// (M+2)×(M+2) input tile and 3×3 filter go to an A×A transform domain (A = M + 2) where the
+// convolution is A² independent matrix products (tiles × C by C × K): 16 multiplications per
+// 2×2 outputs, or 36 per 4×4, instead of 9 per output. The products run as oneDNN 1×1
+// convolutions (fused.rs); here are the transforms.
 
-// The filters in the transform domain, G g Gᵀ computed in float64: (16, K, C) float.
-int cnnprobe_wino_weights(at::Tensor** out, const at::Tensor* w, char* err, size_t err_len) {
+// The filters in the transform domain, G g Gᵀ computed in float64: (A², K, C) float.
+int cnnprobe_wino_weights(at::Tensor** out, const at::Tensor* w, int64_t m, char* err, size_t err_len) {
   try {
     TORCH_CHECK(w->dim() == 4 && w->size(2) == 3 && w->size(3) == 3, "wino_weights: w must be (K, C, 3, 3)");
-    auto g = at::tensor(std::vector<double>{1, 0, 0, .5, .5, .5, .5, -.5, .5, 0, 0, 1}, at::kDouble).view({4, 3});
+    TORCH_CHECK(tile_ok(m), "wino_weights: the tile must be 2 or 4");
+    const std::vector<double> g2{1, 0, 0, .5, .5, .5, .5, -.5, .5, 0, 0, 1};
+    const std::vector<double> g4{1. / 4,  0,         0,        -1. / 6, -1. / 6, -1. / 6, -1. / 6, 1. / 6, -1. / 6,
+                                 1. / 24, 1. / 12,  1. / 6,   1. / 24, -1. / 12, 1. / 6,  0,       0,      1};
+    const int64_t a = m + 2;
+    auto g = at::tensor(m == 2 ? g2 : g4, at::kDouble).view({a, 3});
     auto u = at::einsum("ai,kcij,bj->abkc", {g, w->to(at::kDouble), g});
-    *out = new at::Tensor(u.reshape({16, w->size(0), w->size(1)}).to(at::kFloat).contiguous());
+    *out = new at::Tensor(u.reshape({a * a, w->size(0), w->size(1)}).to(at::kFloat).contiguous());
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -226,22 +299,28 @@ int cnnprobe_wino_weights(at::Tensor** out, const at::Tensor* w, char* err, size
   }
 }
 
-// Bᵀ d B for every 4×4 tile of images [n0, n1) of x (N, C, H, W) channels-last, H and W
-// even, zero padding of 1: V (T, 16, C) with T = (n1 − n0)·H/2·W/2 tiles, image-major (each
-// tile's 16 transform components side by side: the input of one 16-group 1×1 conv).
-int cnnprobe_wino_input(at::Tensor** out, const at::Tensor* x, int64_t n0, int64_t n1, char* err, size_t err_len) {
+// Bᵀ d B for every A×A tile of images [n0, n1) of x (N, C, H, W) channels-last, H and W
+// multiples of M, zero padding of 1: V (T, A², C) with T = (n1 − n0)·(H/M)·(W/M) tiles,
+// image-major (each tile's A² transform components side by side: the input of one A²-group
+// 1×1 conv).
+int cnnprobe_wino_input(at::Tensor** out, const at::Tensor* x, int64_t m, int64_t n0, int64_t n1, char* err,
+                        size_t err_len) {
   try {
     TORCH_CHECK(x->dim() == 4 && x->scalar_type() == at::kFloat, "wino_input: x must be a float (N, C, H, W)");
+    TORCH_CHECK(tile_ok(m), "wino_input: the tile must be 2 or 4");
     const auto xc = x->contiguous(at::MemoryFormat::ChannelsLast);
-    const int64_t C = x->size(1), H = x->size(2), W = x->size(3), th = H / 2, tw = W / 2;
-    TORCH_CHECK(H % 2 == 0 && W % 2 == 0 && 0 <= n0 && n0 < n1 && n1 <= x->size(0), "wino_input: bad shape or range");
-    const int64_t T = (n1 - n0) * th * tw;
-    auto v = at::empty({T, 16, C}, x->options().memory_format(at::MemoryFormat::Contiguous));
+    const int64_t C = x->size(1), H = x->size(2), W = x->size(3), a = m + 2;
+    TORCH_CHECK(H % m == 0 && W % m == 0 && 0 <= n0 && n0 < n1 && n1 <= x->size(0), "wino_input: bad shape or range");
+    const int64_t T = (n1 - n0) * (H / m) * (W / m);
+    auto v = at::empty({T, a * a, C}, x->options().memory_format(at::MemoryFormat::Contiguous));
     const float* px = xc.data_ptr<float>();
     float* pv = v.data_ptr<float>();
     const std::vector<float> zeros(C, 0.f);
     at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
-      wino_input_tiles(px, pv, zeros.data(), n0, t0, t1, C, H, W);
+      if (m == 2)
+        wino_input_tiles2(px, pv, zeros.data(), n0, t0, t1, C, H, W);
+      else
+        wino_input_tiles4(px, pv, zeros.data(), n0, t0, t1, C, H, W);
     });
     *out = new at::Tensor(std::move(v));
     return 0;
@@ -252,24 +331,30 @@ int cnnprobe_wino_input(at::Tensor** out, const at::Tensor* x, int64_t n0, int64
 }
 
 // Aᵀ M A + bias for the tiles of images [n0, n1), written into y (N, K, H, W) channels-last:
-// m holds the 16 products, (1, 16·K, T, 1) channels-last, i.e. (T, 16, K) in memory. With
+// m holds the A² products, (1, A²·K, T, 1) channels-last, i.e. (T, A², K) in memory. With
 // `add`, y's own values are added first (the residual); with `relu`, negatives become 0 and
 // NaN stays NaN, as aten's.
-int cnnprobe_wino_output(at::Tensor* y, const at::Tensor* m, const at::Tensor* bias, int64_t n0, int64_t n1, int relu,
-                         int add, char* err, size_t err_len) {
+int cnnprobe_wino_output(at::Tensor* y, const at::Tensor* m, const at::Tensor* bias, int64_t tile, int64_t n0,
+                         int64_t n1, int relu, int add, char* err, size_t err_len) {
   try {
     TORCH_CHECK(y->dim() == 4 && y->scalar_type() == at::kFloat && y->is_contiguous(at::MemoryFormat::ChannelsLast),
                 "wino_output: y must be a channels-last float (N, K, H, W)");
-    const int64_t K = y->size(1), H = y->size(2), W = y->size(3), th = H / 2, tw = W / 2;
-    const int64_t T = (n1 - n0) * th * tw;
+    TORCH_CHECK(tile_ok(tile), "wino_output: the tile must be 2 or 4");
+    const int64_t K = y->size(1), H = y->size(2), W = y->size(3), a = tile + 2;
+    TORCH_CHECK(H % tile == 0 && W % tile == 0, "wino_output: the map is not a whole number of tiles");
+    const int64_t T = (n1 - n0) * (H / tile) * (W / tile);
     const auto mc = m->contiguous(at::MemoryFormat::ChannelsLast);
-    TORCH_CHECK(mc.numel() == T * 16 * K && mc.scalar_type() == at::kFloat, "wino_output: the products have the wrong size");
+    TORCH_CHECK(mc.numel() == T * a * a * K && mc.scalar_type() == at::kFloat,
+                "wino_output: the products have the wrong size");
     const float* pm = mc.data_ptr<float>();
     auto b = bias->contiguous();
     const float* pb = b.data_ptr<float>();
     float* py = y->data_ptr<float>();
     at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
-      wino_output_tiles(pm, pb, py, n0, t0, t1, K, H, W, relu != 0, add != 0);
+      if (tile == 2)
+        wino_output_tiles2(pm, pb, py, n0, t0, t1, K, H, W, relu != 0, add != 0);
+      else
+        wino_output_tiles4(pm, pb, py, n0, t0, t1, K, H, W, relu != 0, add != 0);
     });
     return 0;
   } catch (const std::exception& e) {

@@ -4,7 +4,8 @@
 //! 1.06–1.20× TorchScript's `freeze` + `optimize_for_inference` (which fuses the same way).
 //! The ops are libtorch's `mkldnn::_convolution_pointwise*`, reached through fused.cpp.
 //! Convs with tiny output maps run in oneDNN's blocked layout instead (`BLOCKED_MAX_POSITIONS`),
-//! and wide stride-1 3×3 convs as Winograd F(2×2, 3×3) (`WINO_MIN_CHANNELS`).
+//! and wide stride-1 3×3 convs as Winograd F(4×4, 3×3), or F(2×2, 3×3) where the map is not
+//! a whole number of 4×4 tiles (`WINO_MIN_CHANNELS`).
 use anyhow::{anyhow, Result};
 use std::cell::{OnceCell, RefCell};
 use std::sync::OnceLock;
@@ -80,12 +81,15 @@ mod ffi {
         pub fn cnnprobe_wino_weights(
             out: *mut *mut C_tensor,
             w: *const C_tensor,
+            m: i64,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
+        #[allow(clippy::too_many_arguments)]
         pub fn cnnprobe_wino_input(
             out: *mut *mut C_tensor,
             x: *const C_tensor,
+            m: i64,
             n0: i64,
             n1: i64,
             err: *mut c_char,
@@ -96,6 +100,7 @@ mod ffi {
             y: *mut C_tensor,
             m: *const C_tensor,
             bias: *const C_tensor,
+            tile: i64,
             n0: i64,
             n1: i64,
             relu: c_int,
@@ -190,14 +195,17 @@ mod ffi {
     pub unsafe fn cnnprobe_wino_weights(
         _: *mut *mut C_tensor,
         _: *const C_tensor,
+        _: i64,
         err: *mut c_char,
         len: usize,
     ) -> c_int {
         absent(err, len)
     }
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn cnnprobe_wino_input(
         _: *mut *mut C_tensor,
         _: *const C_tensor,
+        _: i64,
         _: i64,
         _: i64,
         err: *mut c_char,
@@ -209,6 +217,7 @@ mod ffi {
         _: *mut C_tensor,
         _: *const C_tensor,
         _: *const C_tensor,
+        _: i64,
         _: i64,
         _: i64,
         _: c_int,
@@ -337,27 +346,30 @@ pub struct FusedConv {
     packed: RefCell<Vec<(Vec<i64>, Tensor)>>,
     /// The weights in oneDNN's blocked layout, for the convs `blocked_for` picks.
     blocked: OnceCell<Tensor>,
-    /// The 16 products of the Winograd transform domain as one 16-group 1×1 conv, for the
-    /// convs `wino_for` picks.
-    wino: OnceCell<Box<FusedConv>>,
-    /// Groups (16 for the Winograd products, else 1).
+    /// The A² products of the Winograd transform domain as one A²-group 1×1 conv, for the
+    /// convs `wino_tile` picks: [0] for F(2×2, 3×3), [1] for F(4×4, 3×3).
+    wino: [OnceCell<Box<FusedConv>>; 2],
+    /// Groups (A² for the Winograd products, else 1).
     groups: i64,
     /// The Winograd products themselves: always the channels-last path.
     plain: bool,
 }
 
 /// Stride-1 3×3 convs with at least this many input and output channels run as Winograd
-/// F(2×2, 3×3), 2.25× fewer multiplications, where the map is larger than
-/// `BLOCKED_MAX_POSITIONS`. With fewer channels the transforms' memory traffic outweighs the
-/// saving: on the 2-core AVX-512 machine, ResNet-18's 128-channel stage gained nothing and
-/// its 256- and 512-channel stages 5–10%; random-best's 256→512 conv at 16×16 took 3.6 ms
-/// per 4 images against 4.3 direct (scripts/bench_extract.py has the whole networks).
+/// F(4×4, 3×3) (4× fewer multiplications) or F(2×2, 3×3) (2.25×), where the map is larger
+/// than `BLOCKED_MAX_POSITIONS`. With fewer channels the transforms' memory traffic outweighs
+/// the saving. On the 2-core AVX-512 machine (ad hoc `cnnprobe extract` runs, alternated):
+/// F(2×2) took random-best's 256→512 conv at 16×16 to 3.6 ms per 4 images against 4.3
+/// direct; F(4×4) then took the whole network from 673–712 to 992–1041 images/s and
+/// ResNet-18 from 388–400 to 452–465; letting ResNet-18's 128- or 64-channel stages in
+/// as well gained nothing (460–528 and 341–473 against 493–524).
 const WINO_MIN_CHANNELS: i64 = 256;
 
-/// Tiles per round of the Winograd transforms (a chunk of the batch): the round's
-/// transform-domain buffers, 16 × tiles × (C + K) floats (12 MB at C + K = 768), stay in the
-/// last-level cache between the transforms and the products; rounds of 1024 ran slower.
-const WINO_TILES: i64 = 256;
+/// Tile components (tiles × A²) per round of the Winograd transforms (a chunk of the batch):
+/// the round's transform-domain buffers, rows × (C + K) floats (12 MB at C + K = 768), stay
+/// in the last-level cache between the transforms and the products. Rounds of 1024 F(2×2)
+/// tiles ran slower; for F(4×4), 2048–16384 rows ran within noise of each other.
+const WINO_ROWS: i64 = 4096;
 
 /// Output maps of at most this many positions run in oneDNN's blocked layout. On a 2-core
 /// AVX-512 machine, channels-last convolutions of such maps ran 1.1–1.6× slower than the
@@ -369,7 +381,7 @@ const BLOCKED_MAX_POSITIONS: i64 = 4;
 impl FusedConv {
     pub fn new(weight: &Tensor, bias: &Tensor, padding: i64, stride: i64) -> FusedConv {
         let bias = bias.contiguous();
-        let (packed, blocked, wino) = (RefCell::new(Vec::new()), OnceCell::new(), OnceCell::new());
+        let (packed, blocked, wino) = (RefCell::new(Vec::new()), OnceCell::new(), Default::default());
         FusedConv { weight: weight.contiguous(), bias, padding, stride, packed, blocked, wino, groups: 1, plain: false }
     }
 
@@ -405,15 +417,15 @@ impl FusedConv {
         size.len() == 4 && out(size[2]) * out(size[3]) <= BLOCKED_MAX_POSITIONS
     }
 
-    /// Whether `x` takes the Winograd path (see `WINO_MIN_CHANNELS`).
-    fn wino_for(&self, x: &Tensor) -> bool {
+    /// The Winograd tile M for `x` (see `WINO_MIN_CHANNELS`): 4 where the map is a whole
+    /// number of 4×4 tiles, else 2 where it has even sides, else none.
+    fn wino_tile(&self, x: &Tensor) -> Option<i64> {
         let (size, w) = (x.size(), self.weight.size());
-        size.len() == 4
+        let eligible = size.len() == 4
             && w[2..] == [3, 3]
             && (self.stride, self.padding) == (1, 1)
-            && size[2] % 2 == 0
-            && size[3] % 2 == 0
-            && w[0].min(w[1]) >= WINO_MIN_CHANNELS
+            && w[0].min(w[1]) >= WINO_MIN_CHANNELS;
+        [4, 2].into_iter().find(|m| eligible && size[2] % m == 0 && size[3] % m == 0)
     }
 
     fn run(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
@@ -421,8 +433,8 @@ impl FusedConv {
         if tuned && self.blocked_for(x) {
             return self.run_blocked(x, post, other);
         }
-        if tuned && self.wino_for(x) {
-            return self.run_wino(x, post, other);
+        if let Some(m) = self.wino_tile(x).filter(|_| tuned) {
+            return self.run_wino(x, m, post, other);
         }
         let w = self.packed(x)?;
         let other = other.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
@@ -448,24 +460,29 @@ impl FusedConv {
         Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
     }
 
-    /// The 16 transform-domain filters as one 16-group 1×1 conv, (T, 16·C) → (T, 16·K), made
-    /// on first use. One grouped call ran the products at 456–496 GFLOP/s against 367–423 for
-    /// 16 calls (256 tiles; C, K = 256, 512), and lays each tile's components side by side.
-    fn wino_products(&self) -> Result<&FusedConv> {
-        if let Some(u) = self.wino.get() {
+    /// The A² transform-domain filters of tile `m` as one A²-group 1×1 conv, (T, A²·C) →
+    /// (T, A²·K), made on first use. One grouped call ran F(2×2)'s products at 456–496
+    /// GFLOP/s against 367–423 for 16 calls (256 tiles; C, K = 256, 512), and lays each
+    /// tile's components side by side.
+    fn wino_products(&self, m: i64) -> Result<&FusedConv> {
+        let cell = &self.wino[(m == 4) as usize];
+        if let Some(u) = cell.get() {
             return Ok(u);
         }
         // SAFETY: the shim reads the weights and writes one new tensor into `out`.
-        let u = new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_weights(out, self.weight.as_ptr(), err, len) })?;
-        let (k, c) = (u.size()[1], u.size()[2]);
-        let zeros = Tensor::zeros([16 * k], (Kind::Float, Device::Cpu));
-        let mut conv = FusedConv::new(&u.view([16 * k, c, 1, 1]), &zeros, 0, 1);
-        (conv.groups, conv.plain) = (16, true);
-        Ok(self.wino.get_or_init(|| Box::new(conv)))
+        let u =
+            new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_weights(out, self.weight.as_ptr(), m, err, len) })?;
+        let (groups, k, c) = (u.size()[0], u.size()[1], u.size()[2]);
+        let zeros = Tensor::zeros([groups * k], (Kind::Float, Device::Cpu));
+        let mut conv = FusedConv::new(&u.view([groups * k, c, 1, 1]), &zeros, 0, 1);
+        (conv.groups, conv.plain) = (groups, true);
+        Ok(cell.get_or_init(|| Box::new(conv)))
     }
 
-    fn run_wino(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
-        let products = self.wino_products()?;
+    /// post(conv(x) + bias) through Winograd F(m×m, 3×3), in rounds of about `WINO_ROWS`
+    /// tile components; with `other`, the residual is added and the result written there.
+    fn run_wino(&self, x: &Tensor, m: i64, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
+        let products = self.wino_products(m)?;
         let _keep = crate::util::libtorch::keep_freed_memory();
         let size = x.size();
         let (n, c, h, w, k) = (size[0], size[1], size[2], size[3], self.weight.size()[0]);
@@ -475,22 +492,25 @@ impl FusedConv {
             // Channels-last (N, K, H, W): NHWC memory seen through NCHW sizes.
             None => Tensor::empty([n, h, w, k], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]),
         };
-        let chunk = (WINO_TILES / (h / 2 * (w / 2))).max(1);
+        let components = (m + 2) * (m + 2);
+        let chunk = (WINO_ROWS / components / (h / m * (w / m))).max(1);
         let relu = (post == Post::Relu) as i32;
         for n0 in (0..n).step_by(chunk as usize) {
             let n1 = (n0 + chunk).min(n);
             // SAFETY: the shim reads `x` and writes one new tensor into `out`.
-            let v = new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_input(out, x.as_ptr(), n0, n1, err, len) })?;
+            let v =
+                new_tensor(|out, err, len| unsafe { ffi::cnnprobe_wino_input(out, x.as_ptr(), m, n0, n1, err, len) })?;
             let tiles = v.size()[0];
-            // (1, 16·C, T, 1) channels-last: one image of T positions, so oneDNN blocks over
+            // (1, A²·C, T, 1) channels-last: one image of T positions, so oneDNN blocks over
             // the tiles (as T images of one position each it ran at a quarter of the speed).
-            let m = products.forward(&v.view([1, tiles, 1, 16 * c]).permute([0, 3, 1, 2]), Post::None)?;
+            let p = products.forward(&v.view([1, tiles, 1, components * c]).permute([0, 3, 1, 2]), Post::None)?;
             // SAFETY: the shim reads the products and the bias and writes into `y`'s storage.
             call(|err, len| unsafe {
                 ffi::cnnprobe_wino_output(
                     y.as_mut_ptr(),
-                    m.as_ptr(),
+                    p.as_ptr(),
                     self.bias.as_ptr(),
+                    m,
                     n0,
                     n1,
                     relu,
@@ -579,10 +599,11 @@ fn self_check() -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The Winograd and blocked paths against aten's conv2d, ReLU and residual add, on
-    /// channel counts that are not multiples of 16 (the transforms' tail blocks) and a batch
-    /// that splits into two rounds of tiles. Each path is called directly, whatever this
-    /// CPU's `avx512()`.
+    /// The Winograd paths (both tiles) and the blocked path against aten's conv2d, ReLU and
+    /// residual add, on channel counts that are not multiples of 16 (the transforms' tail
+    /// blocks) and batches that split into several rounds of tiles. Each path is called
+    /// directly, whatever this CPU's `avx512()`. F(4×4)'s larger transform constants cost
+    /// accuracy: about 1e-5 of the largest output here, against 4e-7 for F(2×2).
     #[test]
     fn winograd_and_blocked_convs_match_aten() {
         if !available() {
@@ -591,26 +612,37 @@ mod tests {
         tch::no_grad(|| {
             let opts = (Kind::Float, Device::Cpu);
             tch::manual_seed(0);
-            for (n, c, k, h, w) in [(70, 264, 280, 4, 6), (5, 256, 260, 2, 2), (3, 300, 256, 8, 8)] {
+            let shapes = [(70, 264, 280, 4, 6), (5, 256, 260, 2, 2), (3, 300, 256, 8, 8), (40, 256, 264, 12, 8)];
+            for (n, c, k, h, w) in shapes {
                 let x = crate::models::layers::channels_last(&Tensor::randn([n, c, h, w], opts));
                 let weight = Tensor::randn([k, c, 3, 3], opts) / (3.0 * (c as f64).sqrt());
                 let bias = Tensor::randn([k], opts);
-                let conv = FusedConv::new(&weight, &bias, 1, 1);
-                assert!(conv.wino_for(&x), "{n}×{c}×{h}×{w} should be a Winograd conv");
+                let conv = &FusedConv::new(&weight, &bias, 1, 1);
+                let tile = if h % 4 == 0 && w % 4 == 0 { 4 } else { 2 };
+                assert_eq!(conv.wino_tile(&x), Some(tile), "{n}×{c}×{h}×{w}");
                 let want = x.conv2d(&weight, Some(&bias), [1, 1], [1, 1], [1, 1], 1);
                 let want_sum_of = |s: &Tensor| (&want + s).relu();
                 let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
-                type Path = fn(&FusedConv, &Tensor, Post, Option<&mut Tensor>) -> Result<Option<Tensor>>;
-                let paths: [(&str, Path); 2] = [("winograd", FusedConv::run_wino), ("blocked", FusedConv::run_blocked)];
-                for (name, path) in paths {
-                    let relu = path(&conv, &x, Post::Relu, None).unwrap().unwrap();
+                type Path<'a> = Box<dyn Fn(&Tensor, Post, Option<&mut Tensor>) -> Result<Option<Tensor>> + 'a>;
+                let mut paths: Vec<(String, f64, Path)> =
+                    vec![("blocked".into(), 1e-5, Box::new(|x, p, o| conv.run_blocked(x, p, o)))];
+                for m in (2..=tile).step_by(2) {
+                    let limit = if m == 2 { 1e-5 } else { 5e-5 };
+                    paths.push((
+                        format!("winograd F({m}×{m})"),
+                        limit,
+                        Box::new(move |x, p, o| conv.run_wino(x, m, p, o)),
+                    ));
+                }
+                for (name, limit, path) in &paths {
+                    let relu = path(&x, Post::Relu, None).unwrap().unwrap();
                     let err = rel(&relu, &want.relu());
-                    assert!(err < 1e-5, "{name} relu {n}×{c}×{h}×{w}: {err:e}");
+                    assert!(err < *limit, "{name} relu {n}×{c}×{h}×{w}: {err:e}");
                     let shortcut = crate::models::layers::channels_last(&Tensor::randn([n, k, h, w], opts));
                     let mut sum = shortcut.copy();
-                    assert!(path(&conv, &x, Post::Relu, Some(&mut sum)).unwrap().is_none());
+                    assert!(path(&x, Post::Relu, Some(&mut sum)).unwrap().is_none());
                     let err = rel(&sum, &want_sum_of(&shortcut));
-                    assert!(err < 1e-5, "{name} add {n}×{c}×{h}×{w}: {err:e}");
+                    assert!(err < *limit, "{name} add {n}×{c}×{h}×{w}: {err:e}");
                 }
             }
         });
