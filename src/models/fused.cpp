@@ -236,13 +236,14 @@ int cnnprobe_fused_conv(at::Tensor** out, const at::Tensor* x, const at::Tensor*
   }
 }
 
-// Weights reordered for oneDNN's blocked-layout convolution (no input size: the layout
-// oneDNN picks for a plain source), for `cnnprobe_blocked_conv`.
-int cnnprobe_blocked_prepack(at::Tensor** out, const at::Tensor* w, int64_t padding, int64_t stride, char* err,
-                             size_t err_len) {
+// A (out_features, in_features) weight matrix packed for oneDNN's inner product with `rows`
+// input rows, for `cnnprobe_linear`.
+int cnnprobe_linear_prepack(at::Tensor** out, const at::Tensor* w, int64_t rows, char* err, size_t err_len) {
   try {
-    auto packed = at::mkldnn_reorder_conv2d_weight(w->contiguous().to_mkldnn(), pair(padding), pair(stride), pair(1), 1);
-    *out = new at::Tensor(std::move(packed));
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+    std::vector<c10::IValue> stack{w->contiguous(), c10::IValue(rows)};
+    op.callBoxed(&stack);
+    *out = new at::Tensor(stack[0].toTensor());
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());
@@ -250,23 +251,16 @@ int cnnprobe_blocked_prepack(at::Tensor** out, const at::Tensor* w, int64_t padd
   }
 }
 
-// The same result as cnnprobe_fused_conv, through oneDNN's blocked layout: x (dense) is
-// reordered in, the convolution runs on oneDNN's own tensors, and the output comes back
-// channels-last, where the ReLU and the residual add run as aten ops (NaN kept).
-int cnnprobe_blocked_conv(at::Tensor** out, const at::Tensor* x, const at::Tensor* w, const at::Tensor* b,
-                          int64_t padding, int64_t stride, int relu, at::Tensor* other, char* err, size_t err_len) {
+// y = x wᵀ + bias, then `attr` ("relu" or "none"): oneDNN's inner product on a (rows,
+// in_features) x and weights from `cnnprobe_linear_prepack`.
+int cnnprobe_linear(at::Tensor** out, const at::Tensor* x, const at::Tensor* w, const at::Tensor* b, const char* attr,
+                    char* err, size_t err_len) {
   try {
-    auto y = at::mkldnn_convolution(x->contiguous().to_mkldnn(), *w, *b, pair(padding), pair(stride), pair(1), 1)
-                 .to_dense()
-                 .contiguous(at::MemoryFormat::ChannelsLast);
-    if (other) {
-      other->add_(y);
-      if (relu) other->relu_();
-      *out = nullptr;
-    } else {
-      if (relu) y.relu_();
-      *out = new at::Tensor(std::move(y));
-    }
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    std::vector<c10::IValue> stack{*x, *w, *b, std::string(attr), c10::List<std::optional<c10::Scalar>>(),
+                                   c10::IValue()};
+    op.callBoxed(&stack);
+    *out = new at::Tensor(stack[0].toTensor());
     return 0;
   } catch (const std::exception& e) {
     set_error(err, err_len, e.what());

@@ -3,7 +3,7 @@
 //! weights pre-packed once into oneDNN's blocked layout. On ResNet-18 this measured
 //! 1.06–1.20× TorchScript's `freeze` + `optimize_for_inference` (which fuses the same way).
 //! The ops are libtorch's `mkldnn::_convolution_pointwise*`, reached through fused.cpp.
-//! Convs with tiny output maps run in oneDNN's blocked layout instead (`BLOCKED_MAX_POSITIONS`),
+//! Convs with tiny output maps run as one oneDNN inner product instead (`LINEAR_MAX_POSITIONS`),
 //! and wide stride-1 3×3 convs as Winograd F(4×4, 3×3), or F(2×2, 3×3) where the map is not
 //! a whole number of 4×4 tiles (`WINO_MIN_CHANNELS`).
 use anyhow::{anyhow, Result};
@@ -57,24 +57,19 @@ mod ffi {
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
-        pub fn cnnprobe_blocked_prepack(
+        pub fn cnnprobe_linear_prepack(
             out: *mut *mut C_tensor,
             w: *const C_tensor,
-            padding: i64,
-            stride: i64,
+            rows: i64,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
-        #[allow(clippy::too_many_arguments)]
-        pub fn cnnprobe_blocked_conv(
+        pub fn cnnprobe_linear(
             out: *mut *mut C_tensor,
             x: *const C_tensor,
             w: *const C_tensor,
             b: *const C_tensor,
-            padding: i64,
-            stride: i64,
-            relu: c_int,
-            other: *mut C_tensor,
+            attr: *const c_char,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
@@ -168,25 +163,21 @@ mod ffi {
     ) -> c_int {
         absent(err, len)
     }
-    pub unsafe fn cnnprobe_blocked_prepack(
+    pub unsafe fn cnnprobe_linear_prepack(
         _: *mut *mut C_tensor,
         _: *const C_tensor,
-        _: i64,
         _: i64,
         err: *mut c_char,
         len: usize,
     ) -> c_int {
         absent(err, len)
     }
-    pub unsafe fn cnnprobe_blocked_conv(
+    pub unsafe fn cnnprobe_linear(
         _: *mut *mut C_tensor,
         _: *const C_tensor,
         _: *const C_tensor,
         _: *const C_tensor,
-        _: i64,
-        _: i64,
-        _: c_int,
-        _: *mut C_tensor,
+        _: *const c_char,
         err: *mut c_char,
         len: usize,
     ) -> c_int {
@@ -318,7 +309,7 @@ fn prepack(w: &Tensor, padding: i64, stride: i64, groups: i64, input_size: &[i64
     })
 }
 
-/// Whether the CPU has AVX-512, where the blocked and Winograd paths were measured to pay.
+/// Whether the CPU has AVX-512, where the inner-product and Winograd paths were measured to pay.
 /// Elsewhere (the AVX2 machines of earlier measurements) every conv keeps the channels-last
 /// fused path, the one measured best there.
 fn avx512() -> bool {
@@ -327,6 +318,11 @@ fn avx512() -> bool {
     return *YES.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"));
     #[cfg(not(target_arch = "x86_64"))]
     return *YES.get_or_init(|| false);
+}
+
+/// (a, b, c, d) over 0..a × 0..b × 0..c × 0..d, the last fastest.
+fn product4(a: i64, b: i64, c: i64, d: i64) -> impl Iterator<Item = (i64, i64, i64, i64)> {
+    (0..a).flat_map(move |i| (0..b).flat_map(move |j| (0..c).flat_map(move |k| (0..d).map(move |l| (i, j, k, l)))))
 }
 
 /// Input shapes whose packed weights a conv keeps: a split's full batches and its short last
@@ -344,8 +340,6 @@ pub struct FusedConv {
     /// for another shape reorders them again on every call: ResNet-50 at 32 px spent a
     /// fifth of its time so on an AVX-512 machine, its weights packed for one image.
     packed: RefCell<Vec<(Vec<i64>, Tensor)>>,
-    /// The weights in oneDNN's blocked layout, for the convs `blocked_for` picks.
-    blocked: OnceCell<Tensor>,
     /// The A² products of the Winograd transform domain as one A²-group 1×1 conv, for the
     /// convs `wino_tile` picks: [0] for F(2×2, 3×3), [1] for F(4×4, 3×3).
     wino: [OnceCell<Box<FusedConv>>; 2],
@@ -357,7 +351,7 @@ pub struct FusedConv {
 
 /// Stride-1 3×3 convs with at least this many input and output channels run as Winograd
 /// F(4×4, 3×3) (4× fewer multiplications) or F(2×2, 3×3) (2.25×), where the map is larger
-/// than `BLOCKED_MAX_POSITIONS`. With fewer channels the transforms' memory traffic outweighs
+/// than `LINEAR_MAX_POSITIONS`. With fewer channels the transforms' memory traffic outweighs
 /// the saving. On the 2-core AVX-512 machine (ad hoc `cnnprobe extract` runs, alternated):
 /// F(2×2) took random-best's 256→512 conv at 16×16 to 3.6 ms per 4 images against 4.3
 /// direct; F(4×4) then took the whole network from 673–712 to 992–1041 images/s and
@@ -371,18 +365,21 @@ const WINO_MIN_CHANNELS: i64 = 256;
 /// tiles ran slower; for F(4×4), 2048–16384 rows ran within noise of each other.
 const WINO_ROWS: i64 = 4096;
 
-/// Output maps of at most this many positions run in oneDNN's blocked layout. On a 2-core
-/// AVX-512 machine, channels-last convolutions of such maps ran 1.1–1.6× slower than the
-/// blocked ones with the reorders in and out included (ResNet-50's 2×2 and 1×1 stages at
-/// 32 px, VGG's last block: 512→512 at 2×2, 13.9 → 9.7 ms a batch of 256), while at 8×8
-/// and above channels-last was the faster (64→256 at 8×8: 1.1 against 4.0 ms).
-const BLOCKED_MAX_POSITIONS: i64 = 4;
+/// Output maps of at most this many positions run as one oneDNN inner product (`run_linear`)
+/// on channels-last memory. oneDNN's channels-last convolutions run such maps at about 95
+/// GFLOP/s on the 2-core AVX-512 machine (a 2048→512 1×1 conv at 1×1, batch 256), its
+/// inner product at about 500 with packed weights. Against the blocked-layout convolutions
+/// used before (reorders in and out of oneDNN's layout each call), ad hoc alternated
+/// `cnnprobe extract` runs took ResNet-50 at 32 px from 1059–1087 to 1923–2071 images/s and
+/// VGG-11-BN from 1943–2051 to 2199; sending 4×4 maps (16 positions) this way too lowered
+/// ResNet-50 to 1564–1589 against 1772–1929.
+const LINEAR_MAX_POSITIONS: i64 = 4;
 
 impl FusedConv {
     pub fn new(weight: &Tensor, bias: &Tensor, padding: i64, stride: i64) -> FusedConv {
         let bias = bias.contiguous();
-        let (packed, blocked, wino) = (RefCell::new(Vec::new()), OnceCell::new(), Default::default());
-        FusedConv { weight: weight.contiguous(), bias, padding, stride, packed, blocked, wino, groups: 1, plain: false }
+        let (packed, wino) = (RefCell::new(Vec::new()), Default::default());
+        FusedConv { weight: weight.contiguous(), bias, padding, stride, packed, wino, groups: 1, plain: false }
     }
 
     fn packed(&self, x: &Tensor) -> Result<Tensor> {
@@ -409,12 +406,14 @@ impl FusedConv {
         self.run(x, Post::Relu, Some(shortcut)).map(|_| ())
     }
 
-    /// Whether `x`'s output map is small enough for the blocked layout (see
-    /// `BLOCKED_MAX_POSITIONS`).
-    fn blocked_for(&self, x: &Tensor) -> bool {
-        let (size, k) = (x.size(), self.weight.size()[2]);
-        let out = |n: i64| (n + 2 * self.padding - k) / self.stride + 1;
-        size.len() == 4 && out(size[2]) * out(size[3]) <= BLOCKED_MAX_POSITIONS
+    /// Whether `x`'s output map is small enough for the inner-product path (see
+    /// `LINEAR_MAX_POSITIONS`).
+    fn linear_for(&self, x: &Tensor) -> bool {
+        let size = x.size();
+        size.len() == 4 && {
+            let (ho, wo) = self.out_hw(size[2], size[3]);
+            ho * wo <= LINEAR_MAX_POSITIONS
+        }
     }
 
     /// The Winograd tile M for `x` (see `WINO_MIN_CHANNELS`): 4 where the map is a whole
@@ -430,8 +429,8 @@ impl FusedConv {
 
     fn run(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
         let tuned = !self.plain && avx512();
-        if tuned && self.blocked_for(x) {
-            return self.run_blocked(x, post, other);
+        if tuned && self.linear_for(x) {
+            return self.run_linear(x, post, other);
         }
         if let Some(m) = self.wino_tile(x).filter(|_| tuned) {
             return self.run_wino(x, m, post, other);
@@ -523,37 +522,102 @@ impl FusedConv {
         Ok((!add).then_some(y))
     }
 
-    fn run_blocked(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
-        let w = match self.blocked.get() {
-            Some(w) => w,
-            None => {
-                // SAFETY: the shim reads the weights and writes one new tensor into `out`.
-                let w = new_tensor(|out, err, len| unsafe {
-                    ffi::cnnprobe_blocked_prepack(out, self.weight.as_ptr(), self.padding, self.stride, err, len)
-                })?;
-                self.blocked.get_or_init(|| w)
+    /// Output size (ho, wo) for an h×w input.
+    fn out_hw(&self, h: i64, w: i64) -> (i64, i64) {
+        let k = self.weight.size()[2];
+        let out = |n: i64| (n + 2 * self.padding - k) / self.stride + 1;
+        (out(h), out(w))
+    }
+
+    /// Whether `x` goes through the whole-map weight matrix (each output position's taps
+    /// over every input position) rather than im2col: where the input has fewer positions
+    /// than the kernel has taps, so the matrix multiplies fewer (padding) zeros.
+    fn whole_map(&self, x: &Tensor) -> bool {
+        let (size, w) = (x.size(), self.weight.size());
+        size[2] * size[3] <= w[2] * w[3] && w[2] * w[3] > 1
+    }
+
+    /// The weight matrix (out_features, in_features) of `run_linear` for `x`'s size.
+    fn linear_weight(&self, x: &Tensor) -> Tensor {
+        let (size, w) = (x.size(), self.weight.size());
+        let (h, wd, (k, c, kh, kw)) = (size[2], size[3], (w[0], w[1], w[2], w[3]));
+        if !self.whole_map(x) {
+            // im2col's (K, kh·kw·C), taps in (dy, dx, c) order.
+            return self.weight.permute([0, 2, 3, 1]).contiguous().view([k, kh * kw * c]);
+        }
+        let (ho, wo) = self.out_hw(h, wd);
+        let m = Tensor::zeros([ho, wo, k, h, wd, c], (Kind::Float, Device::Cpu));
+        for (oy, ox, iy, ix) in product4(ho, wo, h, wd) {
+            let (dy, dx) = (iy - oy * self.stride + self.padding, ix - ox * self.stride + self.padding);
+            if (0..kh).contains(&dy) && (0..kw).contains(&dx) {
+                let tap = self.weight.select(3, dx).select(2, dy);
+                m.get(oy).get(ox).select(1, iy).select(1, ix).copy_(&tap);
+            }
+        }
+        m.view([ho * wo * k, h * wd * c])
+    }
+
+    /// The conv as one oneDNN inner product, channels-last in and out: the whole map as
+    /// one row per image (`whole_map`), or im2col's row per output position.
+    fn run_linear(&self, x: &Tensor, post: Post, other: Option<&mut Tensor>) -> Result<Option<Tensor>> {
+        let size = x.size();
+        let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+        let (kh, kw) = (self.weight.size()[2], self.weight.size()[3]);
+        let k = self.weight.size()[0];
+        let (ho, wo) = self.out_hw(h, w);
+        let nhwc = x.permute([0, 2, 3, 1]);
+        let (rows, bias) = if self.whole_map(x) {
+            (nhwc.contiguous().view([n, h * w * c]), self.bias.repeat([ho * wo]))
+        } else {
+            let (p, s) = (self.padding, self.stride);
+            let padded = if p > 0 { nhwc.constant_pad_nd([0, 0, p, p, p, p]) } else { nhwc };
+            let taps: Vec<Tensor> = product4(kh, kw, 1, 1)
+                .map(|(dy, dx, _, _)| {
+                    padded.slice(1, dy, dy + s * (ho - 1) + 1, s).slice(2, dx, dx + s * (wo - 1) + 1, s)
+                })
+                .collect();
+            let cols = if taps.len() == 1 { taps[0].contiguous() } else { Tensor::stack(&taps, 3) };
+            (cols.view([n * ho * wo, kh * kw * c]), self.bias.shallow_clone())
+        };
+        let wp = {
+            // Keyed apart from the conv path's (N, C, H, W) sizes by the -1.
+            let key = vec![rows.size()[0], h, w, -1];
+            let mut cache = self.packed.borrow_mut();
+            match cache.iter().position(|(s, _)| *s == key) {
+                Some(i) => {
+                    cache[..=i].rotate_right(1);
+                    cache[0].1.shallow_clone()
+                }
+                None => {
+                    let m = self.linear_weight(x);
+                    let r = rows.size()[0];
+                    // SAFETY: the shim reads the matrix and writes one new tensor into `out`.
+                    let wp = new_tensor(|out, err, len| unsafe {
+                        ffi::cnnprobe_linear_prepack(out, m.as_ptr(), r, err, len)
+                    })?;
+                    cache.insert(0, (key, wp.shallow_clone()));
+                    cache.truncate(SHAPES);
+                    wp
+                }
             }
         };
-        let other = other.map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
-        let mut out = std::ptr::null_mut();
-        let relu = (post == Post::Relu) as i32;
-        // SAFETY: the shim reads x, w, bias, writes `other` in place or one new tensor to `out`.
-        call(|err, len| unsafe {
-            ffi::cnnprobe_blocked_conv(
-                &mut out,
-                x.as_ptr(),
-                w.as_ptr(),
-                self.bias.as_ptr(),
-                self.padding,
-                self.stride,
-                relu,
-                other,
-                err,
-                len,
-            )
+        // The residual add and its ReLU run as aten ops afterwards (NaN kept).
+        let attr = if other.is_some() { Post::None.attr() } else { post.attr() };
+        // SAFETY: the shim reads the rows, weights and bias and writes one new tensor.
+        let y = new_tensor(|out, err, len| unsafe {
+            ffi::cnnprobe_linear(out, rows.as_ptr(), wp.as_ptr(), bias.as_ptr(), attr.as_ptr(), err, len)
         })?;
-        // SAFETY: a non-null `out` is a heap at::Tensor the shim gave up.
-        Ok((!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) }))
+        let y = y.view([n, ho, wo, k]).permute([0, 3, 1, 2]);
+        match other {
+            Some(o) => {
+                let _ = o.f_add_(&y)?;
+                if post == Post::Relu {
+                    let _ = o.f_relu_()?;
+                }
+                Ok(None)
+            }
+            None => Ok(Some(y)),
+        }
     }
 }
 
@@ -574,7 +638,7 @@ pub fn available() -> bool {
 
 fn self_check() -> Result<()> {
     let opts = (Kind::Float, tch::Device::Cpu);
-    // A 5×5 map runs channels-last, a 2×2 one the blocked layout.
+    // A 5×5 map runs channels-last, a 2×2 one (with AVX-512) the inner-product path.
     for side in [5, 2] {
         let x = Tensor::randn([2, 4, side, side], opts)
             .contiguous()
@@ -599,13 +663,13 @@ fn self_check() -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The Winograd paths (both tiles) and the blocked path against aten's conv2d, ReLU and
+    /// The Winograd paths (both tiles) and the inner-product path against aten's conv2d, ReLU and
     /// residual add, on channel counts that are not multiples of 16 (the transforms' tail
     /// blocks) and batches that split into several rounds of tiles. Each path is called
     /// directly, whatever this CPU's `avx512()`. F(4×4)'s larger transform constants cost
     /// accuracy: about 1e-5 of the largest output here, against 4e-7 for F(2×2).
     #[test]
-    fn winograd_and_blocked_convs_match_aten() {
+    fn winograd_and_linear_convs_match_aten() {
         if !available() {
             panic!("fused convolutions unavailable on this CPU libtorch");
         }
@@ -625,7 +689,7 @@ mod tests {
                 let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
                 type Path<'a> = Box<dyn Fn(&Tensor, Post, Option<&mut Tensor>) -> Result<Option<Tensor>> + 'a>;
                 let mut paths: Vec<(String, f64, Path)> =
-                    vec![("blocked".into(), 1e-5, Box::new(|x, p, o| conv.run_blocked(x, p, o)))];
+                    vec![("linear".into(), 1e-5, Box::new(|x, p, o| conv.run_linear(x, p, o)))];
                 for m in (2..=tile).step_by(2) {
                     let limit = if m == 2 { 1e-5 } else { 5e-5 };
                     paths.push((
@@ -643,6 +707,45 @@ mod tests {
                     assert!(path(&x, Post::Relu, Some(&mut sum)).unwrap().is_none());
                     let err = rel(&sum, &want_sum_of(&shortcut));
                     assert!(err < *limit, "{name} add {n}×{c}×{h}×{w}: {err:e}");
+                }
+            }
+        });
+    }
+
+    /// The inner-product path on every conv shape the tiny maps of ResNet-50 and VGG bring:
+    /// 3×3 at stride 1 and 2 through the whole-map matrix and through im2col, 1×1 at
+    /// stride 1 and 2, with and without the residual add; a batch of another size reuses
+    /// nothing packed for the first.
+    #[test]
+    fn linear_path_matches_aten_on_every_tiny_map_shape() {
+        if !available() {
+            panic!("fused convolutions unavailable on this CPU libtorch");
+        }
+        tch::no_grad(|| {
+            let opts = (Kind::Float, Device::Cpu);
+            tch::manual_seed(1);
+            // (kernel, stride, padding, input side)
+            for (kk, stride, pad, side) in
+                [(3, 1, 1, 2), (3, 1, 1, 1), (3, 2, 1, 4), (3, 2, 1, 2), (1, 1, 0, 2), (1, 2, 0, 4)]
+            {
+                let (c, k) = (40, 24);
+                let weight = Tensor::randn([k, c, kk, kk], opts) / (kk as f64 * (c as f64).sqrt());
+                let bias = Tensor::randn([k], opts);
+                let conv = FusedConv::new(&weight, &bias, pad, stride);
+                for n in [7, 3] {
+                    let x = crate::models::layers::channels_last(&Tensor::randn([n, c, side, side], opts));
+                    assert!(conv.linear_for(&x), "{kk}×{kk}/{stride} on {side}×{side}");
+                    let want = x.conv2d(&weight, Some(&bias), [stride, stride], [pad, pad], [1, 1], 1);
+                    let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+                    let plain = conv.run_linear(&x, Post::None, None).unwrap().unwrap();
+                    assert_eq!(plain.size(), want.size());
+                    assert!(rel(&plain, &want) < 1e-5, "{kk}×{kk}/{stride} on {side}×{side}: {:e}", rel(&plain, &want));
+                    let relu = conv.run_linear(&x, Post::Relu, None).unwrap().unwrap();
+                    assert!(rel(&relu, &want.relu()) < 1e-5, "relu {kk}×{kk}/{stride} on {side}×{side}");
+                    let shortcut = crate::models::layers::channels_last(&Tensor::randn(want.size(), opts));
+                    let mut sum = shortcut.copy();
+                    assert!(conv.run_linear(&x, Post::Relu, Some(&mut sum)).unwrap().is_none());
+                    assert!(rel(&sum, &(&want + &shortcut).relu()) < 1e-5, "add {kk}×{kk}/{stride} on {side}×{side}");
                 }
             }
         });
