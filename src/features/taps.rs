@@ -137,6 +137,16 @@ pub(crate) fn resolve(net: &Network, spec: &FeatureSpec) -> Result<Vec<(Tap, Gri
 /// (oneDNN's ReLU may then have turned a NaN into 0) is rerun on aten's ops, and so is a
 /// batch with a non-finite pixel (a NaN crosses a convolution without raising a flag).
 pub(crate) fn forward_eval(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, Grid)]) -> Tensor {
+    if net.device() != tch::Device::Cpu {
+        return forward_checked(net, x, spec, taps);
+    }
+    // The pass's activations come from (and go back to) the heap, not fresh mappings the
+    // kernel zeroes page by page (util::libtorch::keep_freed_memory).
+    let _keep = crate::util::libtorch::keep_freed_memory();
+    forward_checked(net, x, spec, taps)
+}
+
+fn forward_checked(net: &Network, x: &Tensor, spec: &FeatureSpec, taps: &[(Tap, Grid)]) -> Tensor {
     if !net.is_fused() {
         return forward(net, x, spec, taps, BnMode::Eval);
     }

@@ -65,31 +65,45 @@ fn fixed_mmap_threshold(bytes: i32) {
 fn fixed_mmap_threshold(_: i32) {}
 
 /// While alive, freed memory stays with the process: glibc serves every block from its heap
-/// (no mmap) and trims nothing. Why: the Winograd convolutions (models::fused) allocate
-/// and free their transform buffers, a few MB each, dozens of times per batch, and each
-/// fresh mapping was zeroed by the kernel page by page on first touch: random-best's network
-/// ran at 446–458 images/s that way against 829–884 with the memory kept. On drop, large
-/// blocks are mapped again; the heap keeps what it holds. Held for a whole extraction
-/// instead, it let a streamed export's peak RSS vary by ±80 MB run to run
-/// (tests/stream_memory.rs failed once), so it is held per Winograd call.
+/// (no mmap) and trims nothing. Why: a forward pass allocates and frees its activations and
+/// the Winograd transform buffers, MBs each, dozens of times per batch, and each fresh
+/// mapping was zeroed by the kernel page by page on first touch. Held around each Winograd
+/// call, it took random-best's network from 446–458 to 829–884 images/s on the 2-core
+/// AVX-512 machine. Held around each batch's forward pass (features::taps), ResNet-50 at 32 px
+/// went from 1613–1848 to 2328–2395 images/s (ad hoc alternated `cnnprobe extract` runs).
+///
+/// When the outermost guard drops, large blocks are mapped again and the heap's free pages go
+/// back to the kernel (`malloc_trim`), so a pass starts from what the last one left and
+/// nothing accumulates. Without the trim the same runs did 2695–2757 images/s, but the heap
+/// kept blocks that other threads had allocated meanwhile, and a streamed export's peak RSS
+/// grew by up to 74 MB from 500 to 3,200 images (tests/stream_memory.rs allows 67; with the trim
+/// it grew 0–7 MB). Guards nest.
 #[must_use = "the policy ends when the guard drops"]
 pub struct KeepFreedMemory(());
 
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// See `KeepFreedMemory`.
 pub fn keep_freed_memory() -> KeepFreedMemory {
-    glibc::set(glibc::M_MMAP_MAX, 0);
-    glibc::set(glibc::M_TRIM_THRESHOLD, i32::MAX);
-    // Grow the heap 256 MB at a time rather than by each block's size.
-    glibc::set(glibc::M_TOP_PAD, 256 << 20);
+    use std::sync::atomic::Ordering;
+    if HELD.fetch_add(1, Ordering::SeqCst) == 0 {
+        glibc::set(glibc::M_MMAP_MAX, 0);
+        glibc::set(glibc::M_TRIM_THRESHOLD, i32::MAX);
+        // Grow the heap 256 MB at a time rather than by each block's size.
+        glibc::set(glibc::M_TOP_PAD, 256 << 20);
+    }
     KeepFreedMemory(())
 }
 
 impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
-        // Large blocks are mapped again (glibc's DEFAULT_MMAP_MAX), so a probe's big matrices
-        // still go back to the kernel when freed. The trim threshold stays up: the heap keeps
-        // the pages this call used for the next one (trimming them cost ResNet-18 7%).
-        glibc::set(glibc::M_MMAP_MAX, 65536);
+        // Large blocks are mapped again (glibc's DEFAULT_MMAP_MAX), glibc's default trim
+        // threshold returns, and the free pages go back now.
+        if HELD.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            glibc::set(glibc::M_MMAP_MAX, 65536);
+            glibc::set(glibc::M_TRIM_THRESHOLD, 128 << 10);
+            glibc::trim();
+        }
     }
 }
 
@@ -105,6 +119,13 @@ mod glibc {
         // SAFETY: mallopt sets an allocator parameter under the allocator's own lock.
         unsafe { mallopt(param, value) };
     }
+    pub fn trim() {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim returns free memory to the kernel under the allocator's locks.
+        unsafe { malloc_trim(0) };
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -113,4 +134,5 @@ mod glibc {
     pub const M_TOP_PAD: i32 = -2;
     pub const M_MMAP_MAX: i32 = -4;
     pub fn set(_: i32, _: i32) {}
+    pub fn trim() {}
 }
