@@ -10,7 +10,9 @@
 # usage: scripts/bench_random_best.sh DATA/cifar-10-batches-bin [SEEDS] [OUT_CSV]
 #   SEEDS   default "0"; each seed runs both paths, the order flipped on odd seeds
 #   OUT_CSV default results/random_best_wall.csv
-# Env: CNNPROBE_BIN (default target/release/cnnprobe), BEFORE_BIN, THREADS (default: all cores).
+# Env: CNNPROBE_BIN (default target/release/cnnprobe), BEFORE_BIN, THREADS (default: all cores),
+#      ONLY=before|after to run one of the two (a new build against a "before" row measured
+#      earlier on the same machine).
 set -euo pipefail
 data=${1:?usage: $0 DATA/cifar-10-batches-bin [SEEDS] [OUT_CSV]}
 seeds=${2:-0}
@@ -25,6 +27,7 @@ for seed in $seeds; do
   order="before after"
   [ $((seed % 2)) -eq 1 ] && order="after before"
   for which in $order; do
+    [ -n "${ONLY:-}" ] && [ "$which" != "$ONLY" ] && continue
     run_bin=$bin
     if [ "$which" = after ]; then
       fused=auto thp=1
