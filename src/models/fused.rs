@@ -338,7 +338,8 @@ pub struct FusedConv {
     /// (input size, packed weights), the most recently used first. oneDNN picks the blocked
     /// layout from the whole input size, batch included, and a conv handed weights packed
     /// for another shape reorders them again on every call: ResNet-50 at 32 px spent a
-    /// fifth of its time so on an AVX-512 machine, its weights packed for one image.
+    /// fifth of its time so on an AVX-512 machine, its weights packed for one image. The
+    /// inner-product path keeps its packed matrices here too, under (rows, H, W, -1).
     packed: RefCell<Vec<(Vec<i64>, Tensor)>>,
     /// The A² products of the Winograd transform domain as one A²-group 1×1 conv, for the
     /// convs `wino_tile` picks: [0] for F(2×2, 3×3), [1] for F(4×4, 3×3).
