@@ -4,7 +4,7 @@
 #   ./scripts/random_study.sh CIFAR10_DIR            # screening, then the finalists
 #   STAGE=screen ./scripts/random_study.sh DIR       # screening only
 #   STAGE=final-kernel SEEDS="0" ./scripts/random_study.sh DIR   # one stage, chosen seeds
-#   (stages: screen, patchnet, pool, kernel, final, final-kernel, final-patches-kernel, chart)
+#   (stages: screen, patchnet, pool, kernel, kernel2, final, final-kernel, final-patches-kernel, chart)
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
@@ -130,6 +130,18 @@ if [[ $stage == kernel ]]; then
   # against kernel-hflip-test.
   screen kernel-block1:4+block2:4+hflip-test --arch vgg11 --stem cifar --width-mult 4 \
     --features block1:4,block2:4 --hflip --hflip-test --solver kernel
+fi
+
+# Wider and finer for both tracks with the kernel readout (issue 13), each against its kernel
+# row above: two independent random networks (12,288 data-free features); K = 2048 filters
+# at 2×2 cells (16,384) and K = 1024 at 3×3 cells (18,432) for the no-gradient track.
+if [[ $stage == kernel2 ]]; then
+  screen kernel-ensemble2-hflip-test "${base[@]}" --hflip --hflip-test --solver kernel --ensemble 2
+  screen kernel-nograd-patchnet-w8-pzca:0.1-soft:0.25+hflip-test "${pn[@]}" --width-mult 8 \
+    --whiten patch-zca:0.1 --first-layer patches --encode soft:0.25 --hflip --hflip-test --solver kernel
+  screen kernel-nograd-patchnet-w4-pzca:0.1-soft:0.25-cells3+hflip-test --arch patchnet \
+    --features encode:3 --width-mult 4 --whiten patch-zca:0.1 --first-layer patches \
+    --encode soft:0.25 --hflip --hflip-test --solver kernel
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak
