@@ -371,9 +371,12 @@ const WINO_ROWS: i64 = 4096;
 /// GFLOP/s on the 2-core AVX-512 machine (a 2048→512 1×1 conv at 1×1, batch 256), its
 /// inner product at about 500 with packed weights. Against the blocked-layout convolutions
 /// used before (reorders in and out of oneDNN's layout each call), ad hoc alternated
-/// `cnnprobe extract` runs took ResNet-50 at 32 px from 1059–1087 to 1923–2071 images/s and
-/// VGG-11-BN from 1943–2051 to 2199; sending 4×4 maps (16 positions) this way too lowered
-/// ResNet-50 to 1564–1589 against 1772–1929.
+/// `cnnprobe extract` runs gave ResNet-50 at 32 px 1923–2071 images/s against 1059–1087 and
+/// VGG-11-BN 2199 against 1943–2051, but with a 16 GB process paused beside them: on a quiet
+/// machine the benchmark had the blocked build at 0.911× TorchScript on ResNet-50 and this
+/// one at 0.901× (before the heap change in features::taps), so the gain there is unproven.
+/// Sending 4×4 maps (16 positions) this way too lowered ResNet-50 to 1564–1589 against
+/// 1772–1929.
 const LINEAR_MAX_POSITIONS: i64 = 4;
 
 impl FusedConv {
