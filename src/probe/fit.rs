@@ -99,9 +99,7 @@ pub(super) fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tens
 pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted> {
     ensure!(data.fit.x.size()[0] > 0, "the training split is empty");
     ensure!(data.val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
-    if s.solver == Solver::Kernel {
-        return super::kernel::fit(data, s, device);
-    }
+    ensure!(s.solver != Solver::Kernel, "the kernel readout is fitted by kernel::fit");
     let start = Instant::now();
     let c = data.classes as i64;
     let TrainingData { fit: rows, val, val_view, refit, .. } = data;

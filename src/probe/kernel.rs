@@ -7,8 +7,8 @@
 //! 50k rows take 10 GB in float32, so each image is one row (the protocol averages its
 //! mirrored views).
 use super::dense;
-use super::fit::{stack, Fitted};
-use super::{metrics, GridPoint, Head, ProbeConfig, Scaler, TrainingData};
+use super::fit::{place, Fitted};
+use super::{metrics, GridPoint, Head, ProbeConfig, Scaler};
 use crate::data::split;
 use crate::features::Features;
 use crate::util::{interrupt, progress};
@@ -327,19 +327,20 @@ fn head(support: Support, alpha: Tensor, b: Tensor, scaler: Scaler) -> Head {
 /// fit rows come first, so its leading block is the search's system, the block below it
 /// scores validation, and the whole matrix is the refit's. Features are scaled with the fit
 /// rows' statistics throughout (the refit does not rescale: its matrix is the same one).
-pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted> {
+/// `rows` are one per image, the `m` fit rows first, then the validation rows: owned, as
+/// they are scaled in place and become the head's support.
+pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Device) -> Result<Fitted> {
     let start = Instant::now();
-    let c = data.classes as i64;
-    let TrainingData { fit: rows, val, val_view, .. } = data;
-    let val_rows = Features { x: val_view.unwrap_or(&val.x).shallow_clone(), y: val.y.shallow_clone() };
-    let m = rows.x.size()[0];
-    let (mut x, labels) = stack(&[&rows, &val_rows], device)?;
-    drop((rows, val_rows));
+    let c = classes as i64;
+    let n = rows.x.size()[0];
+    ensure!(m > 0, "the training split is empty");
+    ensure!(n > m, "the validation split is empty: use more data or a larger --val-fraction");
+    let mut x = place(rows.x, device);
+    let labels = rows.y.to_device(x.device());
     let scaler = Scaler::fit(&x.narrow(0, 0, m), s.normalize);
     scaler.apply_in_place(&mut x);
     let lambdas: Vec<f64> = if s.wd_search { GRID.to_vec() } else { vec![s.weight_decay] };
     ensure!(lambdas[0] > 0.0, "--solver kernel needs λ (--weight-decay) > 0");
-    let n = x.size()[0];
     eprintln!("kernel: {n}×{n} arc-cosine Gram matrix ({:.1} GB)", (n * n * 4) as f64 / 1e9);
     let clock = Instant::now();
     let k = gram(&x)?;

@@ -2,6 +2,7 @@
 //! and chosen on it (mirrored views included as configured), then one scoring of the test
 //! split with the final head.
 use super::fit::{fit, Fitted, TrainingData};
+use super::kernel;
 use super::metrics::{self, Metrics};
 use super::{ProbeConfig, Solver};
 use crate::data::split;
@@ -21,16 +22,46 @@ pub struct Evaluation {
     pub test: Option<Metrics>,
 }
 
-/// Fits and scores the probe on `set`. For the kernel readout the set's mirrored views are
-/// merged into their mean first, in place (see `merge_views`).
+/// Fits and scores the probe on `set`. The kernel readout consumes the set's train features
+/// (see `kernel_rows`); every solver leaves the test features, names and provenance.
 pub fn evaluate(set: &mut FeatureSet, cfg: &ProbeConfig, device: Device) -> Result<Evaluation> {
     let classes = set.class_names.len();
     let parts = split::stratified(&set.train.y, classes, cfg.val_fraction, cfg.seed);
-    if cfg.solver == Solver::Kernel {
-        merge_views(set);
-    }
-    // Test-time flip: a linear head's mean logit over two views is its logit of their mean.
-    let mean_view = |a: &Tensor, b: &Tensor| (a + b) / 2.0;
+    let (fitted, n_train) = if cfg.solver == Solver::Kernel {
+        let rows = kernel_rows(set, &parts);
+        let m = parts.fit.len() as i64;
+        (kernel::fit(rows, m, classes, cfg, device)?, m)
+    } else {
+        fit_linear(set, &parts, classes, cfg, device)?
+    };
+    // The only place the test split meets the head: after every choice is made, and never
+    // in a --val-only screening run.
+    let test = if cfg.val_only {
+        None
+    } else {
+        let x = match &set.test_flip {
+            Some(tf) => mean_view(&set.test.x, &tf.x),
+            None => set.test.x.shallow_clone(),
+        };
+        Some(metrics::score(&fitted.head.logits(&x)?, &set.test.y, classes))
+    };
+    Ok(Evaluation { fitted, val_indices: parts.val, n_train, n_test: set.test.y.size()[0], test })
+}
+
+/// Test-time flip: a linear head's mean logit over two views is its logit of their mean.
+fn mean_view(a: &Tensor, b: &Tensor) -> Tensor {
+    (a + b) / 2.0
+}
+
+/// The linear heads (L-BFGS and the gradient solvers): fitted on the fit rows and their
+/// mirrored views, chosen on validation, refit on every train row.
+fn fit_linear(
+    set: &FeatureSet,
+    parts: &split::SplitIndices,
+    classes: usize,
+    cfg: &ProbeConfig,
+    device: Device,
+) -> Result<(Fitted, i64)> {
     let (train, train_flip) = (&set.train, set.train_flip.as_ref());
     let val = select(&[(train, &parts.val)]);
     // Flipped copies of the fit rows train too; those of the validation rows join only the
@@ -48,19 +79,20 @@ pub fn evaluate(set: &mut FeatureSet, cfg: &ProbeConfig, device: Device) -> Resu
     // The refit sees every train row (fit and validation) and every flipped one.
     let refit = std::iter::once(train).chain(train_flip).collect();
     let data = TrainingData { fit: fit_rows, val: &val, val_view: val_view.as_ref(), refit, classes };
-    let fitted = fit(data, cfg, device)?;
-    // The only place the test split meets the head: after every choice is made, and never
-    // in a --val-only screening run.
-    let test = if cfg.val_only {
-        None
-    } else {
-        let x = match &set.test_flip {
-            Some(tf) => mean_view(&set.test.x, &tf.x),
-            None => set.test.x.shallow_clone(),
-        };
-        Some(metrics::score(&fitted.head.logits(&x)?, &set.test.y, classes))
-    };
-    Ok(Evaluation { fitted, val_indices: parts.val, n_train, n_test: set.test.y.size()[0], test })
+    Ok((fit(data, cfg, device)?, n_train))
+}
+
+/// The kernel readout's rows: one per image (the views merged, see `merge_views`), the fit
+/// rows first and the validation rows after, gathered into one allocation. The set's own
+/// train features are then freed: the Gram matrix (10 GB at 50k rows) must not sit beside
+/// two copies of them (at 18,432 features each is 3.7 GB; with both, 3×3-cell patch
+/// features peaked at 21.2 GB).
+fn kernel_rows(set: &mut FeatureSet, parts: &split::SplitIndices) -> Features {
+    merge_views(set);
+    let rows = select(&[(&set.train, &parts.fit), (&set.train, &parts.val)]);
+    let (d, kind, device) = (set.train.x.size()[1], set.train.x.kind(), set.train.x.device());
+    set.train.x = Tensor::empty([0, d], (kind, device));
+    rows
 }
 
 /// The kernel readout's Gram matrix grows with the rows squared, so it sees one row per
@@ -121,5 +153,31 @@ mod tests {
         merge_views(&mut set);
         assert!(set.train_flip.is_none() && set.test_flip.is_none());
         assert!(set.train.x.equal(&want_train) && set.test.x.equal(&want_test));
+    }
+
+    #[test]
+    fn kernel_rows_are_the_fit_rows_then_the_validation_rows_and_the_set_lets_go_of_its_copy() {
+        tch::manual_seed(4);
+        let part = |n: i64| Features {
+            x: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
+            y: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
+        };
+        let (train, flip) = (part(8), part(8));
+        let merged = (&train.x + &flip.x) / 2.0;
+        let mut set = FeatureSet {
+            train,
+            test: part(2),
+            train_flip: Some(flip),
+            test_flip: None,
+            class_names: vec!["a".into(), "b".into()],
+            provenance: vec![],
+        };
+        let parts = split::SplitIndices { fit: vec![0, 2, 3, 5, 6, 7], val: vec![1, 4] };
+        let rows = kernel_rows(&mut set, &parts);
+        let order = Tensor::from_slice(&[0i64, 2, 3, 5, 6, 7, 1, 4]);
+        assert!(rows.x.equal(&merged.index_select(0, &order)));
+        assert!(rows.y.equal(&order.remainder(2)));
+        assert_eq!(set.train.x.size(), [0, 3], "the set's train features are freed");
+        assert!(set.train_flip.is_none());
     }
 }
