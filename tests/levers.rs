@@ -140,7 +140,8 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
         ("whiten", "patch-zca:0.1"),
         ("first_layer", "patches"),
         ("encode", "soft:0.25"),
-        ("feature_dim", "512"), // 64 filters, 2 polarities, 2×2 cells
+        ("features", "encode:13/7"),
+        ("feature_dim", "1152"), // 64 filters, 2 polarities, 3×3 windows of 13 at stride 7
         ("hflip_test", "true"),
         ("solver", "kernel"),
     ] {

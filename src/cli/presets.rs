@@ -71,10 +71,11 @@ pub const PRESETS: &[Preset] = &[
         about: "the best no-gradient recipe of results/random_study.csv so far, chosen on validation \
             (issue 13): one layer of 1024 6x6 filters, each a ZCA-whitened patch sampled from the \
             train images (no labels, no gradients, but not data-free), cosine responses \
-            soft-thresholded at 0.25 with both polarities, pooled 2x2 (8192 features); each image \
-            one row, the mean of its two mirrored views; kernel ridge readout on the arc-cosine \
-            kernel with λ chosen on validation, as in random-best (--solver lbfgs gives the \
-            linear probe of the earlier finalists)",
+            soft-thresholded at 0.25 with both polarities, averaged over 3x3 overlapping windows \
+            (13x13 at stride 7 on the 27x27 responses: 18432 features); each image one row, the \
+            mean of its two mirrored views; kernel ridge readout on the arc-cosine kernel with λ \
+            chosen on validation, as in random-best (--features encode:2 gives the 2x2 cells of \
+            the earlier finalists, --solver lbfgs their linear probe)",
         flags: &[
             "--arch",
             "patchnet",
@@ -87,7 +88,7 @@ pub const PRESETS: &[Preset] = &[
             "--encode",
             "soft:0.25",
             "--features",
-            "encode:2",
+            "encode:13/7",
             "--hflip",
             "--hflip-test",
             "--solver",
