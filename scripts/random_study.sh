@@ -5,7 +5,7 @@
 #   STAGE=screen ./scripts/random_study.sh DIR       # screening only
 #   STAGE=final-kernel SEEDS="0" ./scripts/random_study.sh DIR   # one stage, chosen seeds
 #   (stages: screen, patchnet, pool, kernel, kernel2, final, final-kernel, final-patches-kernel,
-#   final-patches-kernel-cells3, kernel3, kernel4, chart)
+#   final-patches-kernel-cells3, final-patches-kernel-win, kernel3, kernel4, kernel5, chart)
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
@@ -179,6 +179,14 @@ if [[ $stage == kernel4 ]]; then
     --features encode:13/7 --hflip --hflip-test --solver kernel --no-cache
 fi
 
+# The same overlap on the data-free features: block1's 16×16 map in 4×4 windows of 7 at
+# stride 3, block2's 8×8 in 2×2 windows of 6 at stride 2 (6144 features, as the preset's
+# cells give).
+if [[ $stage == kernel5 ]]; then
+  screen kernel-block1:7s3+block2:6s2+hflip-test --arch vgg11 --stem cifar --width-mult 4 \
+    --features block1:7/3,block2:6/2 --hflip --hflip-test --solver kernel
+fi
+
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak
 # resident memory per seed come from /usr/bin/time (GNU time: %e seconds, %M KiB).
 # finalist TAG PRESET [FLAGS...]: seeds 0-2 of the preset with FLAGS added.
@@ -215,7 +223,12 @@ fi
 # +hflip-test: 81.98% validation against 80.64% at 2×2 cells), the preset's other settings
 # unchanged.
 if [[ $stage == final-patches-kernel-cells3 ]]; then
+  # patches-best's flags then had 2×2 cells; --features encode:3 overrides them.
   finalist final-patches-best-kernel-cells3 patches-best --features encode:3
+fi
+# patches-best since 29 November: 3×3 overlapping windows (encode:13/7).
+if [[ $stage == final-patches-kernel-win ]]; then
+  finalist final-patches-best-kernel-win13s7 patches-best
 fi
 
 if [[ $stage == all || $stage == chart ]]; then
