@@ -5,7 +5,8 @@
 #   STAGE=screen ./scripts/random_study.sh DIR       # screening only
 #   STAGE=final-kernel SEEDS="0" ./scripts/random_study.sh DIR   # one stage, chosen seeds
 #   (stages: screen, patchnet, pool, kernel, kernel2, final, final-kernel, final-patches-kernel,
-#   final-patches-kernel-cells3, final-patches-kernel-win, kernel3, kernel4, kernel5, chart)
+#   final-patches-kernel-cells3, final-patches-kernel-win, kernel3, kernel4, kernel5,
+#   kernel6, chart)
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
@@ -185,6 +186,16 @@ fi
 if [[ $stage == kernel5 ]]; then
   screen kernel-block1:7s3+block2:6s2+hflip-test --arch vgg11 --stem cifar --width-mult 4 \
     --features block1:7/3,block2:6/2 --hflip --hflip-test --solver kernel
+fi
+
+# Data-free features of another kind under the kernel readout: the patch network with
+# random filters and no whitening, pooled as patches-best is; and the preset's VGG taps
+# with block3 (4×4 map, 2×2 cells) added.
+if [[ $stage == kernel6 ]]; then
+  screen kernel-patchnet-w4-soft:0.1-win13s7+hflip-test --arch patchnet --width-mult 4 \
+    --encode soft:0.1 --features encode:13/7 --hflip --hflip-test --solver kernel
+  screen kernel-block1:4+block2:2+block3:2+hflip-test --arch vgg11 --stem cifar --width-mult 4 \
+    --features block1:4,block2:2,block3:2 --hflip --hflip-test --solver kernel
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak
