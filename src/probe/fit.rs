@@ -99,7 +99,15 @@ pub(super) fn stack(parts: &[&Features], device: Device) -> Result<(Tensor, Tens
 pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted> {
     ensure!(data.fit.x.size()[0] > 0, "the training split is empty");
     ensure!(data.val.x.size()[0] > 0, "the validation split is empty: use more data or a larger --val-fraction");
-    ensure!(s.solver != Solver::Kernel, "the kernel readout is fitted by kernel::fit");
+    if s.solver == Solver::Kernel {
+        // Fit rows then validation rows, one per image, as kernel::fit takes them. `evaluate`
+        // gathers them straight from the feature set (`kernel_rows`), without this copy.
+        let (m, classes) = (data.fit.x.size()[0], data.classes);
+        let val = Features { x: data.val_view.unwrap_or(&data.val.x).shallow_clone(), y: data.val.y.shallow_clone() };
+        let (x, y) = stack(&[&data.fit, &val], device)?;
+        drop((data, val));
+        return super::kernel::fit(Features { x, y }, m, classes, s, device);
+    }
     let start = Instant::now();
     let c = data.classes as i64;
     let TrainingData { fit: rows, val, val_view, refit, .. } = data;
