@@ -1,4 +1,4 @@
-//! Issue 13's two tracks: the data-free preset's network owes nothing to the data, and the
+//! Issue 13's two tracks: the data-free presets' networks owe nothing to the data, and the
 //! no-gradient lever `--first-layer patches` samples its filters reproducibly.
 mod common;
 
@@ -25,9 +25,9 @@ fn two_datasets(root: &Path) -> (String, String) {
     (a.to_str().unwrap().to_string(), b.to_str().unwrap().to_string())
 }
 
-/// random-best's network flags (the preset's, less the probe's), for `extract`.
-fn random_best_network_flags() -> Vec<&'static str> {
-    let p = presets::find("random-best").expect("the preset exists");
+/// A preset's network flags (the preset's, less the probe's), for `extract`.
+fn network_flags(preset: &str) -> Vec<&'static str> {
+    let p = presets::find(preset).expect("the preset exists");
     let probe_flags = ["--solver", "--wd-search", "--normalize"];
     let mut out = vec![];
     let mut it = p.flags.iter().chain(p.random_only).peekable();
@@ -45,9 +45,9 @@ fn random_best_network_flags() -> Vec<&'static str> {
     out
 }
 
-fn test_features(tmp: &Path, data: &str, out: &str, extra: &[&str]) -> Vec<u8> {
+fn test_features(tmp: &Path, data: &str, out: &str, preset: &str, extra: &[&str]) -> Vec<u8> {
     let mut args = vec!["extract", "--data", data, "--device", "cpu", "--format", "npy", "--output", out];
-    args.extend(random_best_network_flags());
+    args.extend(network_flags(preset));
     args.extend_from_slice(extra);
     let o = cnnprobe(tmp, &args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -55,15 +55,20 @@ fn test_features(tmp: &Path, data: &str, out: &str, extra: &[&str]) -> Vec<u8> {
 }
 
 #[test]
-fn the_data_free_preset_owes_nothing_to_the_train_images_and_patches_do() {
+fn the_data_free_presets_owe_nothing_to_the_train_images_and_patches_do() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = two_datasets(tmp.path());
-    // Same test images, other train images: a data-free network gives the same bytes.
-    assert_eq!(test_features(tmp.path(), &a, "fa", &[]), test_features(tmp.path(), &b, "fb", &[]));
-    // The check can fail: filters sampled from the train images change the test features.
-    let pa = test_features(tmp.path(), &a, "pa", &["--first-layer", "patches"]);
-    let pb = test_features(tmp.path(), &b, "pb", &["--first-layer", "patches"]);
-    assert_ne!(pa, pb, "patch filters did not depend on the train images");
+    for preset in ["random-best", "random-patches"] {
+        let (fa, fb, pa, pb) =
+            (format!("{preset}-fa"), format!("{preset}-fb"), format!("{preset}-pa"), format!("{preset}-pb"));
+        // Same test images, other train images: a data-free network gives the same bytes.
+        let same = test_features(tmp.path(), &a, &fa, preset, &[]);
+        assert_eq!(same, test_features(tmp.path(), &b, &fb, preset, &[]), "{preset}");
+        // The check can fail: filters sampled from the train images change the test features.
+        let pa = test_features(tmp.path(), &a, &pa, preset, &["--first-layer", "patches"]);
+        let pb = test_features(tmp.path(), &b, &pb, preset, &["--first-layer", "patches"]);
+        assert_ne!(pa, pb, "{preset}: patch filters did not depend on the train images");
+    }
 }
 
 #[test]

@@ -39,6 +39,35 @@ pub const PRESETS: &[Preset] = &[
         random_only: &["--stem", "cifar", "--width-mult", "4"],
     },
     Preset {
+        name: "random-patches",
+        about: "the best data-free recipe of results/random_study.csv since 29 November, chosen on \
+            validation (issue 13): patches-best's one-layer patch network with nothing from the \
+            data: 1024 random 6x6 filters (uniform directions from the seed), no whitening, \
+            cosine responses soft-thresholded at 0.1 with both polarities, averaged over 3x3 \
+            overlapping windows (13x13 at stride 7: 18432 features); each image one row, the \
+            mean of its two mirrored views; kernel ridge readout on the arc-cosine kernel with λ \
+            chosen on validation. random-best stays the deep-network recipe (and the one with a \
+            pretrained comparison)",
+        flags: &[
+            "--arch",
+            "patchnet",
+            "--width-mult",
+            "4",
+            "--encode",
+            "soft:0.1",
+            "--features",
+            "encode:13/7",
+            "--hflip",
+            "--hflip-test",
+            "--solver",
+            "kernel",
+            "--wd-search",
+            "--normalize",
+            "standardize",
+        ],
+        random_only: &[],
+    },
+    Preset {
         name: "transfer",
         about: "the standard linear transfer protocol on torchvision's ImageNet weights (Kornblith et al. \
             2019; Ericsson et al. 2021): ResNet-50, images resized to 224 px with bicubic \
