@@ -23,6 +23,7 @@ fn settings(solver: Solver, wd: f64) -> ProbeConfig {
         max_iter: 500,
         seed: 0,
         val_only: false,
+        kernel_precision: probe::KernelPrecision::Fp32,
     }
 }
 

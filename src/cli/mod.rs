@@ -68,7 +68,7 @@ impl Cli {
             Command::Extract(a) => Job::Extract(Box::new(a.config()?)),
             Command::Merge(a) => Job::Merge(MergeJob { shards: a.shards, dir: a.output }),
             Command::Scan(a) => Job::Scan(Box::new(a.config()?)),
-            Command::Fit(a) => Job::Fit(Box::new(a.config())),
+            Command::Fit(a) => Job::Fit(Box::new(a.config()?)),
             Command::Compare(a) => Job::Compare(Box::new(a.config()?)),
             Command::Sweep(a) => Job::Sweep(a.config()?),
             Command::Plot(a) => Job::Plot(a.config()),

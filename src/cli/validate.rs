@@ -5,9 +5,10 @@ use crate::config::{CompareConfig, ExtractJob, FitConfig, PlotConfig, RunConfig}
 use crate::data::{source, DataConfig, DatasetName, InputNorm};
 use crate::features::{cache, ExtractConfig, FeatureSpec};
 use crate::models::{ModelConfig, Stem, WeightsSource};
-use crate::probe::ProbeConfig;
+use crate::probe::{KernelPrecision, ProbeConfig, Solver};
 use crate::report::{OutputConfig, RUNS_DIR};
 use crate::util::device::Compute;
+use crate::util::names::value_name;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -137,8 +138,14 @@ impl ComputeArgs {
 }
 
 impl ProbeArgs {
-    pub fn config(&self, seed: u64) -> ProbeConfig {
-        ProbeConfig {
+    pub fn config(&self, seed: u64) -> Result<ProbeConfig> {
+        if self.kernel_precision != KernelPrecision::Fp32 && self.solver != Solver::Kernel {
+            bail!(
+                "--kernel-precision sets how --solver kernel holds its features; this run uses --solver {}",
+                value_name(&self.solver)
+            );
+        }
+        Ok(ProbeConfig {
             val_fraction: self.val_fraction,
             solver: self.solver,
             normalize: self.normalize,
@@ -152,7 +159,8 @@ impl ProbeArgs {
             max_iter: self.max_iter,
             seed,
             val_only: self.val_only,
-        }
+            kernel_precision: self.kernel_precision,
+        })
     }
 }
 
@@ -173,7 +181,7 @@ impl RunArgs {
     pub fn config(&self, preset: Option<String>) -> Result<RunConfig> {
         Ok(RunConfig {
             extract: self.model.extract_config(&self.data)?,
-            probe: self.probe.config(self.model.seed),
+            probe: self.probe.config(self.model.seed)?,
             output: self.output.config(self.probe.save_head.clone(), preset),
         })
     }
@@ -198,13 +206,13 @@ impl ScanArgs {
 }
 
 impl FitArgs {
-    pub fn config(&self) -> FitConfig {
-        FitConfig {
+    pub fn config(&self) -> Result<FitConfig> {
+        Ok(FitConfig {
             features: self.features.clone(),
             compute: self.compute.config(),
-            probe: self.probe.config(self.seed),
+            probe: self.probe.config(self.seed)?,
             output: self.output.config(self.probe.save_head.clone(), None),
-        }
+        })
     }
 }
 

@@ -5,10 +5,13 @@
 //! features. Targets are one-hot minus 1/C; (K + λI) A = Y is solved for each λ of the grid
 //! by conjugate gradients with a Nyström preconditioner. The n×n Gram matrix is the cost:
 //! 50k rows take 10 GB in float32, so each image is one row (the protocol averages its
-//! mirrored views).
+//! mirrored views). With `--kernel-precision bf16` the scaled rows are rounded to bfloat16
+//! once, and every kernel value (Gram matrix, support against new rows) is computed from
+//! rounded rows with float32 sums.
+use super::bf16;
 use super::dense;
 use super::fit::{place, Fitted};
-use super::{metrics, GridPoint, Head, ProbeConfig, Scaler};
+use super::{metrics, GridPoint, Head, KernelPrecision, ProbeConfig, Scaler};
 use crate::data::split;
 use crate::features::Features;
 use crate::util::{interrupt, progress};
@@ -73,7 +76,8 @@ fn scaled_norms(x: &Tensor) -> Tensor {
     let out = Tensor::empty([n, 1], (Kind::Float, x.device()));
     for i in (0..n).step_by(BLOCK as usize) {
         let len = BLOCK.min(n - i);
-        let sums = x.narrow(0, i, len).square().sum_dim_intlist(1, true, Kind::Float);
+        // Float rows are used as they are (no copy); bf16 rows a block at a time.
+        let sums = x.narrow(0, i, len).to_kind(Kind::Float).square().sum_dim_intlist(1, true, Kind::Float);
         out.narrow(0, i, len).copy_(&(sums / d as f64).sqrt());
     }
     out
@@ -81,6 +85,9 @@ fn scaled_norms(x: &Tensor) -> Tensor {
 
 /// Writes k(a_i, b_j) into `out` (m, n), block by block, with `nb` the norms of b's rows.
 fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
+    if b.kind() == Kind::BFloat16 {
+        return fill_rounded(out, &a.to_kind(Kind::BFloat16), b, nb);
+    }
     let m = a.size()[0];
     let bt = b.tr();
     let bar = progress::rows(m as u64, "kernel");
@@ -96,6 +103,42 @@ fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// `fill` for bf16 support rows, with `a` rounded as they were: a block of support rows at
+/// a time (the products pack each block once and stream all of `a` past it).
+fn fill_rounded(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
+    let (n, d) = (b.size()[0], b.size()[1]);
+    let na = scaled_norms(a);
+    let bar = progress::rows(n as u64, "kernel");
+    tch::no_grad(|| -> Result<()> {
+        for j in (0..n).step_by(BLOCK as usize) {
+            interrupt::check()?;
+            let len = BLOCK.min(n - j);
+            let mut cols = out.narrow(1, j, len);
+            products(a, &b.narrow(0, j, len), &mut cols)?;
+            arc_cosine(&mut cols, &na, &nb.narrow(0, j, len), d)?;
+            bar.inc(len as u64);
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// out = a·bᵀ for bf16 rows, summed in float32: AVX512-BF16 where the CPU has it (see
+/// `bf16`), else float32 copies of `b` and of `a` a block at a time.
+fn products(a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<()> {
+    if bf16::fits(a, b) {
+        return bf16::products(a, b, out);
+    }
+    let bt = b.to_kind(Kind::Float).tr();
+    let m = a.size()[0];
+    for i in (0..m).step_by(4 * BLOCK as usize) {
+        let len = (4 * BLOCK).min(m - i);
+        let _ = a.narrow(0, i, len).to_kind(Kind::Float).mm_out(&out.narrow(0, i, len), &bt);
+    }
     Ok(())
 }
 
@@ -125,6 +168,9 @@ fn gram(x: &Tensor) -> Result<Tensor> {
     let (n, d) = (x.size()[0], x.size()[1]);
     let out = Tensor::f_empty([n, n], (Kind::Float, x.device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
+    if x.kind() == Kind::BFloat16 {
+        return gram_rounded(x, out);
+    }
     let norms = scaled_norms(x);
     let bar = progress::rows(n as u64, "kernel");
     tch::no_grad(|| -> Result<()> {
@@ -137,6 +183,33 @@ fn gram(x: &Tensor) -> Result<Tensor> {
             if i + len < n {
                 let mut below = out.narrow(0, i + len, n - i - len).narrow(1, i, len);
                 below.copy_(&strip.narrow(1, len, n - i - len).tr());
+            }
+            bar.inc(len as u64);
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// `gram` for bf16 rows, by column strips: each block of rows is packed once (as `b` of
+/// `products`) and the rows from it down stream past; the strip's transpose fills the rows
+/// above. The diagonal blocks come out symmetric, as each entry pair sums the same products
+/// in the same order.
+fn gram_rounded(x: &Tensor, out: Tensor) -> Result<Tensor> {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let norms = scaled_norms(x);
+    let bar = progress::rows(n as u64, "kernel");
+    tch::no_grad(|| -> Result<()> {
+        for i in (0..n).step_by(BLOCK as usize) {
+            interrupt::check()?;
+            let len = BLOCK.min(n - i);
+            let mut strip = out.narrow(0, i, n - i).narrow(1, i, len);
+            products(&x.narrow(0, i, n - i), &x.narrow(0, i, len), &mut strip)?;
+            arc_cosine(&mut strip, &norms.narrow(0, i, n - i), &norms.narrow(0, i, len), d)?;
+            if i + len < n {
+                let mut above = out.narrow(0, i, len).narrow(1, i + len, n - i - len);
+                above.copy_(&strip.narrow(0, len, n - i - len).tr());
             }
             bar.inc(len as u64);
         }
@@ -349,9 +422,17 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     let labels = rows.y.to_device(x.device());
     let scaler = Scaler::fit(&x.narrow(0, 0, m), s.normalize);
     scaler.apply_in_place(&mut x);
+    // Rounded once, after scaling: the float32 rows go before the Gram matrix is made.
+    if s.kernel_precision == KernelPrecision::Bf16 {
+        x = x.to_kind(Kind::BFloat16);
+    }
     let lambdas: Vec<f64> = if s.wd_search { GRID.to_vec() } else { vec![s.weight_decay] };
     ensure!(lambdas[0] > 0.0, "--solver kernel needs λ (--weight-decay) > 0");
-    eprintln!("kernel: {n}×{n} arc-cosine Gram matrix ({:.1} GB)", (n * n * 4) as f64 / 1e9);
+    eprintln!(
+        "kernel: {n}×{n} arc-cosine Gram matrix ({:.1} GB) from {} rows",
+        (n * n * 4) as f64 / 1e9,
+        crate::util::names::value_name(&s.kernel_precision)
+    );
     let clock = Instant::now();
     let k = gram(&x)?;
     eprintln!("kernel: Gram matrix in {:.1} s", clock.elapsed().as_secs_f64());
@@ -489,6 +570,34 @@ mod tests {
         assert!(err < 1e-4, "max difference {err}");
         assert_eq!(half.get(7).abs().max().double_value(&[]), 0.0, "a zero row has k = 0");
         assert!(half.allclose(&half.tr(), 0.0, 0.0, false), "symmetric");
+    }
+
+    /// bf16 rows give the float32 kernel of the rounded rows: the Gram matrix by column
+    /// strips (the AVX512-BF16 products where the CPU has them; d odd always takes the
+    /// float32 copies) and new rows against the support, rounded as the support was.
+    #[test]
+    fn bf16_rows_give_the_kernel_of_the_rounded_rows() {
+        tch::manual_seed(5);
+        for d in [64, 33] {
+            let x = Tensor::randn([2 * BLOCK + 37, d], (Kind::Float, Device::Cpu));
+            let _ = x.get(9).zero_();
+            let rounded = x.to_kind(Kind::BFloat16);
+            let exact = rounded.to_kind(Kind::Float);
+            let (got, want) = (gram(&rounded).unwrap(), gram(&exact).unwrap());
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "d {d}: Gram matrices differ by {err}");
+            assert!(got.allclose(&got.tr(), 0.0, 0.0, false), "d {d}: symmetric");
+            assert_eq!(got.get(9).abs().max().double_value(&[]), 0.0, "a zero row has k = 0");
+
+            let new = Tensor::randn([70, d], (Kind::Float, Device::Cpu));
+            let nb = scaled_norms(&rounded);
+            let mut got = Tensor::zeros([70, x.size()[0]], (Kind::Float, Device::Cpu));
+            fill(&mut got, &new, &rounded, &nb).unwrap();
+            let mut want = got.zeros_like();
+            fill(&mut want, &new.to_kind(Kind::BFloat16).to_kind(Kind::Float), &exact, &nb).unwrap();
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "d {d}: new rows' kernel values differ by {err}");
+        }
     }
 
     #[test]

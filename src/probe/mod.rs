@@ -3,6 +3,7 @@
 //! part only; the L2 strength is either given or chosen on a seeded stratified validation
 //! split by a coarse-to-fine log-grid search, then the head is refit on train+val. The test
 //! split is never passed in here: it is scored once, by the caller, with the final head.
+mod bf16;
 mod dense;
 mod fit;
 pub mod kernel;
@@ -45,6 +46,17 @@ pub enum Normalize {
     None,
 }
 
+/// How the kernel readout holds its scaled features (the Gram matrix is float32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelPrecision {
+    #[default]
+    Fp32,
+    /// Rounded to bfloat16 after scaling: half the memory; products summed in float32
+    /// (AVX512-BF16 where the CPU has it, float32 copies of row blocks elsewhere).
+    Bf16,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
@@ -76,6 +88,9 @@ pub struct ProbeConfig {
     pub seed: u64,
     /// Stop after the search: no refit, and the caller never scores the test split.
     pub val_only: bool,
+    /// The kernel readout's stored features (configs logged before it existed: fp32).
+    #[serde(default)]
+    pub kernel_precision: KernelPrecision,
 }
 
 /// One row of epochs.csv.

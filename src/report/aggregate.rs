@@ -73,6 +73,7 @@ const GROUP: &[&str] = &[
     "solver",
     "normalize",
     "wd_search",
+    "kernel_precision",
 ];
 
 /// `sweep.csv` → `sweep_aggregate.csv`.

@@ -57,6 +57,7 @@ pub fn run_row(provenance: &[(String, String)], s: &ProbeConfig, eval: &Evaluati
     row.0.extend(provenance.iter().cloned());
     row.set("solver", value_name(&s.solver))
         .set("normalize", value_name(&s.normalize))
+        .set("kernel_precision", value_name(&s.kernel_precision))
         .set("wd_search", s.wd_search)
         .set("weight_decay", s.weight_decay)
         .set("chosen_weight_decay", format!("{:.4e}", fitted.chosen_weight_decay))
