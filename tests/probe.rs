@@ -24,6 +24,7 @@ fn settings(solver: Solver, wd: f64) -> ProbeConfig {
         seed: 0,
         val_only: false,
         kernel_precision: probe::KernelPrecision::Fp32,
+        kernel: probe::kernel::KernelFn::ArcCos,
     }
 }
 

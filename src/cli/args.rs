@@ -8,6 +8,7 @@ use crate::features::store::FeatureFormat;
 use crate::features::{BatchSize, BnSetting, Encode, FusedConvs, Pool, Precision, Resize};
 use crate::models::init::InitScheme;
 use crate::models::{Arch, Stem, WeightsSource};
+use crate::probe::kernel::KernelFn;
 use crate::probe::{KernelPrecision, Normalize, Schedule, Solver};
 use clap::{ArgAction, Args};
 use std::path::PathBuf;
@@ -205,6 +206,11 @@ pub struct ProbeArgs {
     /// exact kernel of the rounded features; products summed in float32).
     #[arg(long, value_enum, default_value_t = KernelPrecision::Fp32)]
     pub kernel_precision: KernelPrecision,
+    /// The kernel of --solver kernel, ‖u‖‖v‖·κ(cos θ) of the scaled features: arccos (order
+    /// 1, one infinitely wide ReLU layer), arccos2 (two such layers) or exp:B (κ = e^(B(cos θ − 1)),
+    /// more local as B grows).
+    #[arg(long, default_value = "arccos", value_name = "arccos|arccos2|exp:B", value_parser = parse::kernel)]
+    pub kernel: KernelFn,
     /// L-BFGS iteration cap per fit (the kernel readout's conjugate-gradient steps too).
     #[arg(long, default_value_t = 1000, value_parser = parse::positive_usize)]
     pub max_iter: usize,

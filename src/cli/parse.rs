@@ -4,6 +4,7 @@ use crate::features::patches::FirstLayer;
 use crate::features::{BatchSize, BnSetting, Encode};
 use crate::models::init::InitScheme;
 use crate::models::WeightsSource;
+use crate::probe::kernel::KernelFn;
 
 pub fn batch(s: &str) -> Result<BatchSize, String> {
     s.parse()
@@ -26,6 +27,10 @@ pub fn whiten(s: &str) -> Result<Whiten, String> {
 }
 
 pub fn encode(s: &str) -> Result<Encode, String> {
+    s.parse()
+}
+
+pub fn kernel(s: &str) -> Result<KernelFn, String> {
     s.parse()
 }
 

@@ -5,6 +5,7 @@ use crate::config::{CompareConfig, ExtractJob, FitConfig, PlotConfig, RunConfig}
 use crate::data::{source, DataConfig, DatasetName, InputNorm};
 use crate::features::{cache, ExtractConfig, FeatureSpec};
 use crate::models::{ModelConfig, Stem, WeightsSource};
+use crate::probe::kernel::KernelFn;
 use crate::probe::{KernelPrecision, ProbeConfig, Solver};
 use crate::report::{OutputConfig, RUNS_DIR};
 use crate::util::device::Compute;
@@ -145,6 +146,13 @@ impl ProbeArgs {
                 value_name(&self.solver)
             );
         }
+        if self.kernel != KernelFn::default() && self.solver != Solver::Kernel {
+            bail!(
+                "--kernel {} is --solver kernel's kernel; this run uses --solver {}",
+                self.kernel,
+                value_name(&self.solver)
+            );
+        }
         Ok(ProbeConfig {
             val_fraction: self.val_fraction,
             solver: self.solver,
@@ -160,6 +168,7 @@ impl ProbeArgs {
             seed,
             val_only: self.val_only,
             kernel_precision: self.kernel_precision,
+            kernel: self.kernel,
         })
     }
 }

@@ -6,7 +6,6 @@
 //! reading K. The arc-cosine map over a Gram block is one pass here against six libtorch
 //! passes with block-sized temporaries.
 use anyhow::{ensure, Result};
-use std::f32::consts::PI;
 use tch::{Device, Kind, Tensor};
 
 /// Accumulators of one pass (rows × classes): one AVX register each, beside K's rows and a
@@ -197,10 +196,16 @@ unsafe fn dot_avx2<const R: usize, const G: usize>(b: &Block, o: &mut [f32]) {
     }
 }
 
-/// Turns inner products ⟨a_i, b_j⟩ (a block of rows, any row stride) into the arc-cosine
-/// kernel of a/√d and b/√d in place: k = ‖u‖‖v‖ (sin θ + (π − θ) cos θ) / π, with `na`
-/// and `nb` the scaled norms ‖a_i‖/√d and ‖b_j‖/√d. Zero rows give k = 0.
-pub fn arc_cosine_in_place(block: &mut Tensor, na: &[f32], nb: &[f32], d: usize) -> Result<()> {
+/// Turns inner products ⟨a_i, b_j⟩ (a block of rows, any row stride) into kernel values
+/// `k(‖u‖‖v‖, cos θ)` of u = a/√d and v = b/√d in place, with `na` and `nb` the scaled
+/// norms ‖a_i‖/√d and ‖b_j‖/√d. Zero rows give k = 0.
+pub fn dot_kernel_in_place(
+    block: &mut Tensor,
+    na: &[f32],
+    nb: &[f32],
+    d: usize,
+    k: impl Fn(f32, f32) -> f32 + Copy + Send,
+) -> Result<()> {
     let (rows, cols) = (block.size()[0] as usize, block.size()[1] as usize);
     ensure!(na.len() == rows && nb.len() == cols, "dense: norms do not match the block");
     let (data, ld) = rows_of_mut(block)?;
@@ -221,12 +226,7 @@ pub fn arc_cosine_in_place(block: &mut Tensor, na: &[f32], nb: &[f32], d: usize)
                     let row = &mut mine[r * ld..r * ld + cols];
                     for (x, &b) in row.iter_mut().zip(nb) {
                         let norms = a * b;
-                        *x = if norms > 1e-12 {
-                            let cos = (*x * inv_d / norms).clamp(-1.0, 1.0);
-                            norms * ((1.0 - cos * cos).max(0.0).sqrt() + (PI - cos.acos()) * cos) / PI
-                        } else {
-                            0.0
-                        };
+                        *x = if norms > 1e-12 { k(norms, (*x * inv_d / norms).clamp(-1.0, 1.0)) } else { 0.0 };
                     }
                 }
             });

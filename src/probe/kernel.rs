@@ -30,10 +30,82 @@ pub const GRID: [f64; 7] = [3.16e-3, 1e-2, 3.16e-2, 1e-1, 3.16e-1, 1.0, 3.16];
 /// Rows per block of kernel values: each block's temporaries are a few of (BLOCK, n) floats.
 const BLOCK: i64 = 512;
 
+/// `--kernel`: every kernel here is ‖u‖‖v‖ κ(cos θ) with κ(1) = 1, so k(x, x) = ‖u‖² ≈ 1
+/// for standardised features and λ's grid means the same for each.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum KernelFn {
+    /// Arc-cosine of order 1: κ(c) = (√(1 − c²) + (π − arccos c) c)/π.
+    #[default]
+    ArcCos,
+    /// The arc-cosine of the arc-cosine, κ(κ(c)): two infinitely wide ReLU layers (Cho &
+    /// Saul's composed kernel).
+    ArcCos2,
+    /// κ(c) = exp(β (c − 1)): positive definite on the sphere (a power series in c with
+    /// positive coefficients), more local than the arc-cosine as β grows. Near c = 0 the
+    /// arc-cosine's curvature matches β ≈ 0.6.
+    Exp(f64),
+}
+
+impl KernelFn {
+    /// ‖u‖‖v‖ κ(c) from the norms' product and the clamped cosine. The arc-cosine keeps the
+    /// order of operations it had before the other kernels, so earlier runs reproduce bit
+    /// for bit.
+    fn value(self, norms: f32, c: f32) -> f32 {
+        use std::f32::consts::PI;
+        let j = |c: f32| (1.0 - c * c).max(0.0).sqrt() + (PI - c.acos()) * c;
+        match self {
+            KernelFn::ArcCos => norms * j(c) / PI,
+            KernelFn::ArcCos2 => norms * j((j(c) / PI).min(1.0)) / PI,
+            KernelFn::Exp(beta) => norms * (beta as f32 * (c - 1.0)).exp(),
+        }
+    }
+
+    /// `value` with libtorch's ops (on an accelerator), as the CPU loop orders it.
+    fn value_ops(self, norms: &Tensor, c: &Tensor) -> Tensor {
+        let j = |c: &Tensor| {
+            let theta = c.acos();
+            theta.sin() + (-theta + PI) * c
+        };
+        match self {
+            KernelFn::ArcCos => norms * j(c) / PI,
+            KernelFn::ArcCos2 => norms * j(&(j(c) / PI).clamp_max(1.0)) / PI,
+            KernelFn::Exp(beta) => norms * ((c - 1.0) * beta).exp(),
+        }
+    }
+}
+
+impl std::str::FromStr for KernelFn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "arccos" => Ok(KernelFn::ArcCos),
+            None if s == "arccos2" => Ok(KernelFn::ArcCos2),
+            Some(("exp", b)) => match b.parse::<f64>() {
+                Ok(b) if b.is_finite() && b > 0.0 && b <= 100.0 => Ok(KernelFn::Exp(b)),
+                _ => Err(format!("--kernel exp:B: B must be a number in (0, 100], got {b:?}")),
+            },
+            _ => Err(format!("--kernel: expected arccos, arccos2 or exp:B, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            KernelFn::ArcCos => f.write_str("arccos"),
+            KernelFn::ArcCos2 => f.write_str("arccos2"),
+            KernelFn::Exp(b) => write!(f, "exp:{b}"),
+        }
+    }
+}
+
+crate::serde_as_str!(KernelFn);
+
 /// The rows a kernel head compares new rows with (scaled), their norms after the 1/√D, and
 /// the training kernel's column means k̄ (1, n) and grand mean k̄̄ for the centring.
 pub struct Support {
     pub rows: Tensor,
+    f: KernelFn,
     norms: Tensor,
     col_means: Tensor,
     grand_mean: f64,
@@ -41,11 +113,11 @@ pub struct Support {
 
 impl Support {
     /// `gram` is k over `rows` themselves.
-    fn new(rows: Tensor, gram: &Tensor) -> Support {
+    fn new(rows: Tensor, gram: &Tensor, f: KernelFn) -> Support {
         let norms = scaled_norms(&rows);
         let col_means = gram.mean_dim(0, true, Kind::Float);
         let grand_mean = col_means.mean(Kind::Float).double_value(&[]);
-        Support { rows, norms, col_means, grand_mean }
+        Support { rows, f, norms, col_means, grand_mean }
     }
 
     /// The centred kernel k(x, s_j) − m(x) − k̄_j + k̄̄ for scaled rows x, m(x) the mean over
@@ -56,7 +128,7 @@ impl Support {
     pub fn map(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(self.rows.device());
         let mut out = Tensor::empty([x.size()[0], self.rows.size()[0]], (Kind::Float, x.device()));
-        fill(&mut out, &x, &self.rows, &self.norms)?;
+        fill(&mut out, &x, &self.rows, &self.norms, self.f)?;
         self.centre(&mut out);
         Ok(out)
     }
@@ -84,9 +156,9 @@ fn scaled_norms(x: &Tensor) -> Tensor {
 }
 
 /// Writes k(a_i, b_j) into `out` (m, n), block by block, with `nb` the norms of b's rows.
-fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
+fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> Result<()> {
     if b.kind() == Kind::BFloat16 {
-        return fill_rounded(out, &a.to_kind(Kind::BFloat16), b, nb);
+        return fill_rounded(out, &a.to_kind(Kind::BFloat16), b, nb, f);
     }
     let m = a.size()[0];
     let bt = b.tr();
@@ -97,7 +169,7 @@ fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
             let rows = a.narrow(0, i, len);
             let mut g = out.narrow(0, i, len);
             let _ = rows.mm_out(&g, &bt);
-            arc_cosine(&mut g, &scaled_norms(&rows), nb, a.size()[1])?;
+            apply(&mut g, &scaled_norms(&rows), nb, a.size()[1], f)?;
             bar.inc(len as u64);
         }
         Ok(())
@@ -108,7 +180,7 @@ fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
 
 /// `fill` for bf16 support rows, with `a` rounded as they were: a block of support rows at
 /// a time (the products pack each block once and stream all of `a` past it).
-fn fill_rounded(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result<()> {
+fn fill_rounded(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> Result<()> {
     let (n, d) = (b.size()[0], b.size()[1]);
     let na = scaled_norms(a);
     let bar = progress::rows(n as u64, "kernel");
@@ -118,7 +190,7 @@ fn fill_rounded(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor) -> Result
             let len = BLOCK.min(n - j);
             let mut cols = out.narrow(1, j, len);
             products(a, &b.narrow(0, j, len), &mut cols)?;
-            arc_cosine(&mut cols, &na, &nb.narrow(0, j, len), d)?;
+            apply(&mut cols, &na, &nb.narrow(0, j, len), d, f)?;
             bar.inc(len as u64);
         }
         Ok(())
@@ -144,32 +216,33 @@ fn products(a: &Tensor, b: &Tensor, out: &mut Tensor) -> Result<()> {
 
 /// Inner products → kernel values, in place: one pass over the block on the CPU, libtorch's
 /// elementwise ops elsewhere. `na` and `nb` are the rows' and columns' scaled norms.
-fn arc_cosine(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64) -> Result<()> {
+fn apply(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64, f: KernelFn) -> Result<()> {
     if g.device() == Device::Cpu {
         let to_vec = |t: &Tensor| Vec::<f32>::try_from(&t.to_kind(Kind::Float).reshape([-1]));
-        return dense::arc_cosine_in_place(g, &to_vec(na)?, &to_vec(nb)?, d as usize);
+        return dense::dot_kernel_in_place(g, &to_vec(na)?, &to_vec(nb)?, d as usize, move |norms, c| {
+            f.value(norms, c)
+        });
     }
-    arc_cosine_ops(g, na, nb, d);
+    apply_ops(g, na, nb, d, f);
     Ok(())
 }
 
-fn arc_cosine_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64) {
+fn apply_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64, f: KernelFn) {
     let norms = na.view([-1, 1]) * nb.view([1, -1]);
     // cos θ = ⟨u, v⟩ / (‖u‖‖v‖), clamped against rounding; a zero row gives k = 0.
     let cos = (&*g / d as f64 / norms.clamp_min(1e-12)).clamp(-1.0, 1.0);
-    let theta = cos.acos();
-    let k = norms * (theta.sin() + (-theta + PI) * &cos) / PI;
+    let k = f.value_ops(&norms, &cos);
     g.copy_(&k);
 }
 
 /// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device. Each block of rows
 /// computes only the columns from its diagonal on and mirrors them below: half the products.
-fn gram(x: &Tensor) -> Result<Tensor> {
+fn gram(x: &Tensor, f: KernelFn) -> Result<Tensor> {
     let (n, d) = (x.size()[0], x.size()[1]);
     let out = Tensor::f_empty([n, n], (Kind::Float, x.device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
     if x.kind() == Kind::BFloat16 {
-        return gram_rounded(x, out);
+        return gram_rounded(x, out, f);
     }
     let norms = scaled_norms(x);
     let bar = progress::rows(n as u64, "kernel");
@@ -179,7 +252,7 @@ fn gram(x: &Tensor) -> Result<Tensor> {
             let len = BLOCK.min(n - i);
             let mut strip = out.narrow(0, i, len).narrow(1, i, n - i);
             let _ = x.narrow(0, i, len).mm_out(&strip, &x.narrow(0, i, n - i).tr());
-            arc_cosine(&mut strip, &norms.narrow(0, i, len), &norms.narrow(0, i, n - i), d)?;
+            apply(&mut strip, &norms.narrow(0, i, len), &norms.narrow(0, i, n - i), d, f)?;
             if i + len < n {
                 let mut below = out.narrow(0, i + len, n - i - len).narrow(1, i, len);
                 below.copy_(&strip.narrow(1, len, n - i - len).tr());
@@ -196,7 +269,7 @@ fn gram(x: &Tensor) -> Result<Tensor> {
 /// `products`) and the rows from it down stream past; the strip's transpose fills the rows
 /// above. The diagonal blocks come out symmetric, as each entry pair sums the same products
 /// in the same order.
-fn gram_rounded(x: &Tensor, out: Tensor) -> Result<Tensor> {
+fn gram_rounded(x: &Tensor, out: Tensor, f: KernelFn) -> Result<Tensor> {
     let (n, d) = (x.size()[0], x.size()[1]);
     let norms = scaled_norms(x);
     let bar = progress::rows(n as u64, "kernel");
@@ -206,7 +279,7 @@ fn gram_rounded(x: &Tensor, out: Tensor) -> Result<Tensor> {
             let len = BLOCK.min(n - i);
             let mut strip = out.narrow(0, i, n - i).narrow(1, i, len);
             products(&x.narrow(0, i, n - i), &x.narrow(0, i, len), &mut strip)?;
-            arc_cosine(&mut strip, &norms.narrow(0, i, n - i), &norms.narrow(0, i, len), d)?;
+            apply(&mut strip, &norms.narrow(0, i, n - i), &norms.narrow(0, i, len), d, f)?;
             if i + len < n {
                 let mut above = out.narrow(0, i, len).narrow(1, i + len, n - i - len);
                 above.copy_(&strip.narrow(0, len, n - i - len).tr());
@@ -429,12 +502,13 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     let lambdas: Vec<f64> = if s.wd_search { GRID.to_vec() } else { vec![s.weight_decay] };
     ensure!(lambdas[0] > 0.0, "--solver kernel needs λ (--weight-decay) > 0");
     eprintln!(
-        "kernel: {n}×{n} arc-cosine Gram matrix ({:.1} GB) from {} rows",
+        "kernel: {n}×{n} {} Gram matrix ({:.1} GB) from {} rows",
+        s.kernel,
         (n * n * 4) as f64 / 1e9,
         crate::util::names::value_name(&s.kernel_precision)
     );
     let clock = Instant::now();
-    let k = gram(&x)?;
+    let k = gram(&x, s.kernel)?;
     eprintln!("kernel: Gram matrix in {:.1} s", clock.elapsed().as_secs_f64());
     let fit_block = k.narrow(0, 0, m).narrow(1, 0, m);
     let y = targets(&labels.narrow(0, 0, m), c);
@@ -449,7 +523,7 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     );
     // Centred kernel ridge: f(x) = k_c(x, ·)·A + mean(Y).
     let ymean = y.mean_dim(0, false, Kind::Float);
-    let support = Support::new(x.narrow(0, 0, m), &fit_block);
+    let support = Support::new(x.narrow(0, 0, m), &fit_block, s.kernel);
     let mut kv = Tensor::empty([n - m, m], (Kind::Float, k.device()));
     kv.copy_(&k.narrow(0, m, n - m).narrow(1, 0, m));
     support.centre(&mut kv);
@@ -491,7 +565,7 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     let clock = Instant::now();
     let mut refit = solve(&k, &all_y, &[chosen], s.max_iter, Some(&first_guess), (LANDMARKS, s.seed))?;
     eprintln!("kernel: refit on {n} rows in {} steps, {:.1} s", refit.steps[0], clock.elapsed().as_secs_f64());
-    let support = Support::new(x, &k);
+    let support = Support::new(x, &k, s.kernel);
     drop(k);
     let b = all_y.mean_dim(0, false, Kind::Float);
     Ok(done(head(support, refit.xs.remove(0), b, scaler), true))
@@ -516,7 +590,7 @@ mod tests {
         tch::manual_seed(0);
         let n = 60;
         let x = Tensor::randn([n, 8], (Kind::Float, Device::Cpu));
-        let k = gram(&x).unwrap();
+        let k = gram(&x, KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(3, [n], (Kind::Int64, Device::Cpu)), 3);
         let lambdas = [0.05, 0.2, 1.0, 30.0];
         let Solved { xs, steps } = solve(&k, &y, &lambdas, 500, None, (10, 0)).unwrap();
@@ -530,7 +604,7 @@ mod tests {
     #[test]
     fn the_kernel_is_the_arc_cosine_formula() {
         let a = Tensor::from_slice(&[3.0f32, 0.0, 1.0, 1.0]).view([2, 2]);
-        let k = gram(&a).unwrap();
+        let k = gram(&a, KernelFn::ArcCos).unwrap();
         // u = a/√2: ‖u0‖ = 3/√2, ‖u1‖ = 1, θ = 45°.
         let (n0, t) = (3.0 / 2f64.sqrt(), PI / 4.0);
         let want01 = n0 * (t.sin() + (PI - t) * t.cos()) / PI;
@@ -539,12 +613,54 @@ mod tests {
         assert!((k.double_value(&[1, 0]) - want01).abs() < 1e-5);
     }
 
+    /// Each `--kernel` against its formula in float64, through the CPU loop and through
+    /// libtorch's ops (the accelerator path).
+    #[test]
+    fn every_kernel_is_its_formula_on_both_paths() {
+        tch::manual_seed(6);
+        let x = Tensor::randn([40, 7], (Kind::Float, Device::Cpu));
+        let xd = x.to_kind(Kind::Double) / 7f64.sqrt();
+        let norms = xd.square().sum_dim_intlist(1, true, Kind::Double).sqrt();
+        let outer = norms.mm(&norms.tr());
+        let c = (xd.mm(&xd.tr()) / &outer).clamp(-1.0, 1.0);
+        let j = |c: &Tensor| {
+            let t = c.acos();
+            (t.sin() + (-&t + PI) * c) / PI
+        };
+        for (f, kappa) in [
+            (KernelFn::ArcCos, j(&c)),
+            (KernelFn::ArcCos2, j(&j(&c).clamp_max(1.0))),
+            (KernelFn::Exp(3.0), ((&c - 1.0) * 3.0).exp()),
+        ] {
+            let want = &outer * kappa;
+            let cpu = gram(&x, f).unwrap().to_kind(Kind::Double);
+            let mut ops = x.mm(&x.tr());
+            apply_ops(&mut ops, &scaled_norms(&x), &scaled_norms(&x), 7, f);
+            for (path, got) in [("cpu", cpu), ("ops", ops.to_kind(Kind::Double))] {
+                let err = (&got - &want).abs().max().double_value(&[]);
+                assert!(err < 1e-4, "{f} ({path}): {err}");
+            }
+            let diag = want.diagonal(0, 0, 1) - norms.square().squeeze();
+            assert!(diag.abs().max().double_value(&[]) < 1e-9, "{f}: k(x, x) = ‖u‖²");
+        }
+    }
+
+    #[test]
+    fn kernel_names_parse_and_print_back() {
+        for s in ["arccos", "arccos2", "exp:2", "exp:0.5"] {
+            assert_eq!(s.parse::<KernelFn>().unwrap().to_string(), s);
+        }
+        for bad in ["exp:0", "exp:-1", "exp:x", "exp", "rbf", "exp:1000"] {
+            assert!(bad.parse::<KernelFn>().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_first_guess_reaches_the_same_solution_in_fewer_steps() {
         tch::manual_seed(2);
         let n = 80;
         let x = Tensor::randn([n, 6], (Kind::Float, Device::Cpu));
-        let k = gram(&x).unwrap();
+        let k = gram(&x, KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(4, [n], (Kind::Int64, Device::Cpu)), 4);
         let cold = solve(&k, &y, &[0.1], 500, None, (0, 0)).unwrap();
         let near = &cold.xs[0] + Tensor::randn([n, 4], (Kind::Float, Device::Cpu)) * 1e-3;
@@ -560,12 +676,12 @@ mod tests {
         // Three blocks of rows, the last one short; one zero row.
         let x = Tensor::randn([2 * BLOCK + 37, 5], (Kind::Float, Device::Cpu));
         let _ = x.get(7).zero_();
-        let half = gram(&x).unwrap();
+        let half = gram(&x, KernelFn::ArcCos).unwrap();
         let norms = scaled_norms(&x);
         let whole = (x.square().sum_dim_intlist(1, true, Kind::Float) / 5.0).sqrt();
         assert!(norms.equal(&whole), "block-wise norms are the whole matrix's, bit for bit");
         let mut ops = x.mm(&x.tr());
-        arc_cosine_ops(&mut ops, &norms, &norms, 5);
+        apply_ops(&mut ops, &norms, &norms, 5, KernelFn::ArcCos);
         let err = (&half - &ops).abs().max().double_value(&[]);
         assert!(err < 1e-4, "max difference {err}");
         assert_eq!(half.get(7).abs().max().double_value(&[]), 0.0, "a zero row has k = 0");
@@ -583,7 +699,7 @@ mod tests {
             let _ = x.get(9).zero_();
             let rounded = x.to_kind(Kind::BFloat16);
             let exact = rounded.to_kind(Kind::Float);
-            let (got, want) = (gram(&rounded).unwrap(), gram(&exact).unwrap());
+            let (got, want) = (gram(&rounded, KernelFn::ArcCos).unwrap(), gram(&exact, KernelFn::ArcCos).unwrap());
             let err = (&got - &want).abs().max().double_value(&[]);
             assert!(err < 1e-5, "d {d}: Gram matrices differ by {err}");
             assert!(got.allclose(&got.tr(), 0.0, 0.0, false), "d {d}: symmetric");
@@ -592,9 +708,9 @@ mod tests {
             let new = Tensor::randn([70, d], (Kind::Float, Device::Cpu));
             let nb = scaled_norms(&rounded);
             let mut got = Tensor::zeros([70, x.size()[0]], (Kind::Float, Device::Cpu));
-            fill(&mut got, &new, &rounded, &nb).unwrap();
+            fill(&mut got, &new, &rounded, &nb, KernelFn::ArcCos).unwrap();
             let mut want = got.zeros_like();
-            fill(&mut want, &new.to_kind(Kind::BFloat16).to_kind(Kind::Float), &exact, &nb).unwrap();
+            fill(&mut want, &new.to_kind(Kind::BFloat16).to_kind(Kind::Float), &exact, &nb, KernelFn::ArcCos).unwrap();
             let err = (&got - &want).abs().max().double_value(&[]);
             assert!(err < 1e-5, "d {d}: new rows' kernel values differ by {err}");
         }
@@ -608,7 +724,7 @@ mod tests {
         let x = Tensor::randn([n, 3], (Kind::Float, Device::Cpu))
             .mm(&Tensor::randn([3, 20], (Kind::Float, Device::Cpu)))
             + Tensor::randn([n, 20], (Kind::Float, Device::Cpu)) * 0.3;
-        let k = gram(&x).unwrap();
+        let k = gram(&x, KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(5, [n], (Kind::Int64, Device::Cpu)), 5);
         let lambda = 0.01;
         let plain = solve(&k, &y, &[lambda], 2000, None, (0, 0)).unwrap();

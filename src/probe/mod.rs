@@ -91,6 +91,9 @@ pub struct ProbeConfig {
     /// The kernel readout's stored features (configs logged before it existed: fp32).
     #[serde(default)]
     pub kernel_precision: KernelPrecision,
+    /// The kernel readout's function of the angle (configs logged before it existed: arccos).
+    #[serde(default)]
+    pub kernel: kernel::KernelFn,
 }
 
 /// One row of epochs.csv.

@@ -74,6 +74,7 @@ const GROUP: &[&str] = &[
     "normalize",
     "wd_search",
     "kernel_precision",
+    "kernel",
 ];
 
 /// `sweep.csv` → `sweep_aggregate.csv`.

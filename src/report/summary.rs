@@ -52,12 +52,15 @@ pub fn run_row(provenance: &[(String, String)], s: &ProbeConfig, eval: &Evaluati
     let fitted = &eval.fitted;
     let test =
         |f: fn(&crate::probe::metrics::Metrics) -> f64| eval.test.as_ref().map(|m| frac(f(m))).unwrap_or_default();
+    let kernel = s.solver == crate::probe::Solver::Kernel;
     let mut row = Row::default();
     row.set("finished_at", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
     row.0.extend(provenance.iter().cloned());
     row.set("solver", value_name(&s.solver))
         .set("normalize", value_name(&s.normalize))
-        .set("kernel_precision", value_name(&s.kernel_precision))
+        // The kernel readout's settings, empty for the other solvers (which ignore them).
+        .set("kernel_precision", if kernel { value_name(&s.kernel_precision) } else { String::new() })
+        .set("kernel", if kernel { s.kernel.to_string() } else { String::new() })
         .set("wd_search", s.wd_search)
         .set("weight_decay", s.weight_decay)
         .set("chosen_weight_decay", format!("{:.4e}", fitted.chosen_weight_decay))
