@@ -229,3 +229,61 @@ fn the_kernel_readout_runs_one_row_per_image_and_saves_its_support() {
     assert_eq!(get("kernel_support"), [100, 16 * 4], "the refit's rows: every train image");
     assert_eq!(get("weight"), [10, 100]);
 }
+
+/// `--kernel-lean`: each row is the float32 mean of the image's two views' features, rounded
+/// once to bf16, bit for bit what the two-part extraction gives when merged and rounded; no
+/// flipped part is kept, and the run bypasses the feature cache.
+#[test]
+fn lean_rows_are_the_rounded_mean_of_both_views() {
+    use clap::Parser;
+    use cnnprobe::config::Job;
+    use cnnprobe::features::{extract_features, ExtractConfig};
+    use tch::{Device, Kind};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mirrored(tmp.path());
+    let mut args = vec!["cnnprobe", "run", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
+    args.extend(["--width-mult", "0.5", "--features", "block1:2,block2:1", "--hflip", "--hflip-test"]);
+    args.extend(["--solver", "kernel", "--kernel-precision", "bf16", "--kernel-lean"]);
+    args.extend_from_slice(FAST);
+    let Job::Run(cfg) = cnnprobe::cli::Cli::parse_from(&args).into_job().unwrap() else { panic!("a run") };
+    assert!(cfg.extract.lean);
+    let lean = extract_features(&cfg.extract, Device::Cpu).unwrap();
+    let both = extract_features(&ExtractConfig { lean: false, ..cfg.extract.clone() }, Device::Cpu).unwrap();
+    assert!(lean.train_flip.is_none() && lean.test_flip.is_none(), "no flipped part is kept");
+    for (got, a, b) in [
+        (&lean.train, &both.train, both.train_flip.as_ref().unwrap()),
+        (&lean.test, &both.test, both.test_flip.as_ref().unwrap()),
+    ] {
+        assert_eq!(got.x.kind(), Kind::BFloat16);
+        let want = ((&a.x + &b.x) / 2.0).to_kind(Kind::BFloat16);
+        assert!(got.x.equal(&want), "lean rows differ from the rounded mean of the views");
+        assert!(got.y.equal(&a.y));
+    }
+    // Image 1 mirrors image 0, so their mean views are the same row.
+    let rows = lean.train.x.to_kind(Kind::Float);
+    assert!(rows.get(0).allclose(&rows.get(1), 1e-2, 1e-2, false));
+
+    // Through the binary: a result, the provenance column, and nothing in the cache.
+    let mut run = args[1..].to_vec();
+    run.extend(["--wd-search", "--out", "r", "--summary", "s.csv", "--cache-dir", "cache"]);
+    let o = cnnprobe(tmp.path(), &run);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("without the cache"), "{}", stderr(&o));
+    assert!(!tmp.path().join("cache").exists(), "a lean run wrote to the cache");
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    assert_eq!(row["kernel_lean"], "bf16, views averaged at extraction");
+    assert_eq!(row["kernel_precision"], "bf16");
+    assert!(row["test_top1"].parse::<f64>().unwrap() > 0.0);
+
+    // It needs the kernel readout in bf16, and fit cannot take it.
+    for (flags, says) in [
+        (&["--solver", "kernel", "--kernel-lean"][..], "--kernel-precision bf16"),
+        (&["--solver", "lbfgs", "--kernel-lean"][..], "--solver kernel"),
+    ] {
+        let mut bad = vec!["run", "--data", data.to_str().unwrap(), "--hflip"];
+        bad.extend_from_slice(flags);
+        let o = cnnprobe(tmp.path(), &bad);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+}

@@ -83,7 +83,7 @@ fn spec(taps: &[&str], pool: Pool, k: i64) -> FeatureSpec {
 
 fn feats(net: &Network, s: &FeatureSpec, data: &Source) -> Tensor {
     let mut sink = extract::Collect::default();
-    let feed = extract::Feed { batch_size: BatchSize::Fixed(16), workers: 1, flip: false };
+    let feed = extract::Feed { batch_size: BatchSize::Fixed(16), workers: 1, flip: false, mean_flip: false };
     extract::extract(std::slice::from_ref(net), s, &PRE, data, feed, "test", &mut sink).unwrap();
     sink.parts.pop().unwrap().1.x
 }

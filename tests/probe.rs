@@ -232,3 +232,18 @@ fn own(f: &Features) -> Features {
 fn data<'a>(train: &'a Features, val: &'a Features, classes: usize) -> TrainingData<'a> {
     TrainingData { fit: own(train), val, val_view: None, refit: vec![train, val], classes }
 }
+
+/// `--kernel-lean`'s bf16 rows are standardised with the statistics of their values (a
+/// block-wise float64 sum), the same as float32 copies of them give.
+#[test]
+fn bf16_rows_get_the_statistics_of_their_values() {
+    tch::manual_seed(8);
+    let x = (Tensor::randn([2500, 7], (Kind::Float, Device::Cpu)) * 3.0 + 5.0).to_kind(Kind::BFloat16);
+    let rounded = probe::Scaler::fit(&x, Normalize::Standardize);
+    let exact = probe::Scaler::fit(&x.to_kind(Kind::Float), Normalize::Standardize);
+    for (a, b) in [(&rounded.mean, &exact.mean), (&rounded.std, &exact.std)] {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(a.kind(), Kind::Float);
+        assert!(a.allclose(b, 1e-5, 1e-5, false), "{a:?} against {b:?}");
+    }
+}

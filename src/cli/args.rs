@@ -206,6 +206,12 @@ pub struct ProbeArgs {
     /// exact kernel of the rounded features; products summed in float32).
     #[arg(long, value_enum, default_value_t = KernelPrecision::Fp32)]
     pub kernel_precision: KernelPrecision,
+    /// With --solver kernel --kernel-precision bf16: average each image's mirrored views as
+    /// they are extracted and hold the rows in bf16 from the start (a quarter of the memory
+    /// of two float32 views). Such features bypass the feature cache, and they are rounded
+    /// before the scaling rather than after, so the last bits differ from a plain bf16 run.
+    #[arg(long)]
+    pub kernel_lean: bool,
     /// The kernel of --solver kernel, ‖u‖‖v‖·κ(cos θ) of the scaled features: arccos (order
     /// 1, one infinitely wide ReLU layer), arccos2 (two such layers) or exp:B (κ = e^(B(cos θ − 1)),
     /// more local as B grows).

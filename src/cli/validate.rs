@@ -93,6 +93,7 @@ impl ModelArgs {
             },
             hflip: self.hflip,
             hflip_test: self.hflip_test,
+            lean: false,
             compute: self.compute.config(),
             batch_size: self.batch_size,
             precision: self.precision,
@@ -146,6 +147,9 @@ impl ProbeArgs {
                 value_name(&self.solver)
             );
         }
+        if self.kernel_lean && (self.solver != Solver::Kernel || self.kernel_precision != KernelPrecision::Bf16) {
+            bail!("--kernel-lean holds the kernel readout's rows in bf16: it needs --solver kernel --kernel-precision bf16");
+        }
         if self.kernel != KernelFn::default() && self.solver != Solver::Kernel {
             bail!(
                 "--kernel {} is --solver kernel's kernel; this run uses --solver {}",
@@ -189,7 +193,7 @@ impl OutputArgs {
 impl RunArgs {
     pub fn config(&self, preset: Option<String>) -> Result<RunConfig> {
         Ok(RunConfig {
-            extract: self.model.extract_config(&self.data)?,
+            extract: ExtractConfig { lean: self.probe.kernel_lean, ..self.model.extract_config(&self.data)? },
             probe: self.probe.config(self.model.seed)?,
             output: self.output.config(self.probe.save_head.clone(), preset),
         })
@@ -216,6 +220,9 @@ impl ScanArgs {
 
 impl FitArgs {
     pub fn config(&self) -> Result<FitConfig> {
+        if self.probe.kernel_lean {
+            bail!("--kernel-lean changes how run extracts features; fit reads features exported before");
+        }
         Ok(FitConfig {
             features: self.features.clone(),
             compute: self.compute.config(),

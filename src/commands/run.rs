@@ -12,6 +12,11 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let device = cfg.extract.compute.setup()?;
     cfg.extract.check_precision(device)?;
     let mut set = match &cfg.output.cache_dir {
+        // Lean rows (bf16, views merged) are made for one kernel fit, not kept.
+        Some(_) if cfg.extract.lean => {
+            eprintln!("features: --kernel-lean, extracted without the cache");
+            extract_features(&cfg.extract, device)?
+        }
         Some(dir) => cache::features(&cfg.extract, device, dir)?,
         None => extract_features(&cfg.extract, device)?,
     };

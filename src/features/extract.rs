@@ -288,23 +288,32 @@ pub trait Sink {
     fn end(&mut self) -> Result<()>;
 }
 
-/// Parts collected in memory, each in one preallocated matrix.
+/// Parts collected in memory, each in one preallocated matrix (float32 unless `stored_as`).
 #[derive(Default)]
 pub struct Collect {
     pub parts: Vec<(&'static str, Features)>,
     current: Option<(&'static str, Tensor, i64, Vec<Tensor>)>,
+    kind: Option<Kind>,
+}
+
+impl Collect {
+    /// Rows rounded to `kind` as they arrive (`--kernel-lean`: bf16).
+    pub fn stored_as(kind: Kind) -> Collect {
+        Collect { kind: Some(kind), ..Collect::default() }
+    }
 }
 
 impl Sink for Collect {
     fn begin(&mut self, part: &'static str, rows: usize, dim: i64) -> Result<()> {
-        self.current = Some((part, Tensor::empty([rows as i64, dim], (Kind::Float, Device::Cpu)), 0, vec![]));
+        let kind = self.kind.unwrap_or(Kind::Float);
+        self.current = Some((part, Tensor::empty([rows as i64, dim], (kind, Device::Cpu)), 0, vec![]));
         Ok(())
     }
 
     fn rows(&mut self, x: &Tensor, y: &Tensor) -> Result<()> {
         let (_, out, filled, labels) = self.current.as_mut().expect("begin before rows");
         let len = x.size()[0];
-        // copy_ converts bf16/fp16 features to the float32 matrix.
+        // copy_ converts the batch's features to the matrix's kind.
         out.narrow(0, *filled, len).copy_(x);
         *filled += len;
         labels.push(y.shallow_clone());
@@ -329,6 +338,9 @@ pub struct Feed {
     pub workers: usize,
     /// Mirror every image (the `_flip` parts).
     pub flip: bool,
+    /// Each row the mean of the image's and its mirror's features (`--kernel-lean`), in
+    /// float32 before the sink stores it: the same sum the kernel readout makes of two parts.
+    pub mean_flip: bool,
 }
 
 /// Extracts features of `source` into `sink` in batches (halving the batch on out-of-memory
@@ -372,12 +384,20 @@ pub fn extract(
                     let len = attempt.min((m - i) as usize);
                     let x = images.narrow(0, i, len as i64);
                     let x = if pad { pad_to(&x, attempt) } else { x };
-                    let run = || {
-                        let x = norm.apply(&x);
+                    let features = |x: &Tensor| {
+                        let x = norm.apply(x);
                         let parts: Vec<Tensor> =
                             nets.iter().zip(&taps).map(|(net, taps)| forward_eval(net, &x, spec, taps)).collect();
                         let f = if parts.len() == 1 { parts[0].shallow_clone() } else { Tensor::cat(&parts, 1) };
-                        (f.narrow(0, 0, len as i64), len)
+                        f.narrow(0, 0, len as i64)
+                    };
+                    let run = || {
+                        let f = features(&x);
+                        if !feed.mean_flip {
+                            return (f, len);
+                        }
+                        let mirrored = features(&x.flip([3]));
+                        ((f.to_kind(Kind::Float) + mirrored.to_kind(Kind::Float)) / 2.0, len)
                     };
                     match feed.batch_size {
                         BatchSize::Fixed(_) => Ok(run()),

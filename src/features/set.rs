@@ -14,7 +14,7 @@ use crate::util::names::value_name;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tch::Device;
+use tch::{Device, Kind};
 
 /// Everything that decides which features are extracted, and where.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -51,6 +51,11 @@ pub struct ExtractConfig {
     pub hflip: bool,
     /// Score validation and test images on both views (needs `hflip`).
     pub hflip_test: bool,
+    /// `--kernel-lean`: each image's row is the mean of its views' features (both where
+    /// `hflip`/`hflip_test` give two), averaged as they are extracted and stored in bf16, so
+    /// no flipped part is kept (absent from older configs, which are all false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lean: bool,
     pub compute: Compute,
     pub batch_size: BatchSize,
     pub precision: Precision,
@@ -109,6 +114,10 @@ fn one() -> usize {
 
 fn is_one(n: &usize) -> bool {
     *n == 1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Every part a feature set can hold, by file-name prefix (a CSV's split column).
@@ -177,7 +186,7 @@ pub fn extract_features(cfg: &ExtractConfig, device: Device) -> Result<FeatureSe
 
 /// `extract_features` with the inputs' digests already known: the parts in memory.
 pub fn extract_with(cfg: &ExtractConfig, device: Device, inputs: &Inputs) -> Result<FeatureSet> {
-    let mut sink = Collect::default();
+    let mut sink = if cfg.lean { Collect::stored_as(Kind::BFloat16) } else { Collect::default() };
     let made = extract_into(cfg, device, inputs, &mut sink)?;
     let mut take = |name: &str| sink.parts.iter().position(|(k, _)| *k == name).map(|i| sink.parts.swap_remove(i).1);
     let (train, test) = (take("train").expect("always extracted"), take("test").expect("always extracted"));
@@ -255,14 +264,21 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
         net.set_precision(cfg.precision.kind());
         fused &= net.fuse(cfg.fused == FusedConvs::Auto);
     }
-    let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false };
+    let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false, mean_flip: false };
     let flipped = Feed { flip: true, ..feed };
     let mut parts = vec![("train", &train, feed), ("test", &test, feed)];
-    if cfg.hflip {
-        parts.push(("train_flip", &train, flipped));
-    }
-    if cfg.hflip_test {
-        parts.push(("test_flip", &test, flipped));
+    if cfg.lean {
+        parts = vec![
+            ("train", &train, Feed { mean_flip: cfg.hflip, ..feed }),
+            ("test", &test, Feed { mean_flip: cfg.hflip_test, ..feed }),
+        ];
+    } else {
+        if cfg.hflip {
+            parts.push(("train_flip", &train, flipped));
+        }
+        if cfg.hflip_test {
+            parts.push(("test_flip", &test, flipped));
+        }
     }
     let (mut extract_s, mut images, mut feature_dim) = (0.0, 0, 0);
     for (part, source, feed) in parts {
@@ -325,6 +341,10 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
     ];
     if let Some(shard) = cfg.data.shard {
         cols.push(s("shard", shard.to_string()));
+    }
+    if cfg.lean {
+        // The rows' form where it is not two float32 views: see `ExtractConfig::lean`.
+        cols.push(s("kernel_lean", "bf16, views averaged at extraction".into()));
     }
     cols
 }

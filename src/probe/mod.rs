@@ -127,6 +127,7 @@ pub struct Scaler {
 impl Scaler {
     pub fn fit(x: &Tensor, kind: Normalize) -> Scaler {
         match kind {
+            Normalize::Standardize if x.kind() != Kind::Float => Self::fit_rounded(x),
             Normalize::Standardize => Scaler {
                 kind,
                 mean: Some(x.mean_dim(0, true, Kind::Float)),
@@ -135,6 +136,25 @@ impl Scaler {
             },
             _ => Scaler { kind, mean: None, std: None },
         }
+    }
+
+    /// Standardisation statistics of bf16 rows (`--kernel-lean`): float32 copies of 1024
+    /// rows at a time summed in float64, mean then variance, so no feature-sized temporary.
+    fn fit_rounded(x: &Tensor) -> Scaler {
+        let n = x.size()[0];
+        let blocks = |f: &mut dyn FnMut(Tensor)| {
+            for i in (0..n).step_by(1024) {
+                f(x.narrow(0, i, 1024.min(n - i)).to_kind(Kind::Float));
+            }
+        };
+        let mut sum = Tensor::zeros([1, x.size()[1]], (Kind::Double, x.device()));
+        blocks(&mut |b| sum += b.sum_dim_intlist(0, true, Kind::Double));
+        let mean = (sum / n.max(1) as f64).to_kind(Kind::Float);
+        let mut squares = Tensor::zeros([1, x.size()[1]], (Kind::Double, x.device()));
+        blocks(&mut |b| squares += (b - &mean).square().sum_dim_intlist(0, true, Kind::Double));
+        // Population std, floored as in `fit`.
+        let std = (squares / n.max(1) as f64).sqrt().clamp_min(1e-6).to_kind(Kind::Float);
+        Scaler { kind: Normalize::Standardize, mean: Some(mean), std: Some(std) }
     }
 
     /// Scales `x` in place (no second feature-sized matrix).
