@@ -2,6 +2,11 @@
 """Markdown tables of results/random_study.csv for results/random_study.md and the README.
 
     python3 scripts/random_study_table.py [results/random_study.csv]
+    python3 scripts/random_study_table.py --splice [results/random_study.csv]
+
+With --splice the tables are written into results/random_study.md in place of the ones
+there: the screening table, then the finalists' table with its mean ± sd lines (each table
+found by its header line).
 
 Screening rows (val_only=true) are listed with their validation accuracy and the change
 against the base point; finalist rows (scored on test) are summarised as mean ± sd, with the
@@ -33,8 +38,43 @@ def track(r):
     return "data-free"
 
 
+def readout(r):
+    """The solver, with the kernel readout's kernel and feature precision where not the
+    defaults (arccos, fp32; rows from before the columns existed have neither)."""
+    extra = [r.get("kernel", "")] if r.get("kernel", "") not in ("", "arccos") else []
+    extra += ["bf16"] if r.get("kernel_precision") == "bf16" else []
+    return " ".join([r["solver"]] + extra)
+
+
 def pct(v):
     return f"{100 * float(v):.2f}" if v else ""
+
+
+def tables(path):
+    """The Markdown of `main`, as a string."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(path)
+    return out.getvalue()
+
+
+def splice(path, md="results/random_study.md"):
+    """Replaces the screening and finalist tables (and the mean ± sd lines that follow the
+    finalists) of `md` with fresh ones."""
+    new = tables(path).split("\n\n")
+    text = open(md).read().split("\n")
+    for block in (new[0], new[1] + "\n\n" + new[2].rstrip("\n")):
+        header = block.split("\n")[0]
+        start = text.index(header)
+        end = start
+        # The old table, and for the finalists a blank line and the "- tag: …" lines.
+        while end < len(text) and (text[end].startswith("|") or text[end].startswith("- final")
+                                   or (text[end] == "" and end + 1 < len(text) and text[end + 1].startswith("- final"))):
+            end += 1
+        text[start:end] = block.split("\n")
+    open(md, "w").write("\n".join(text))
 
 
 def main(path):
@@ -48,7 +88,7 @@ def main(path):
         print(
             f"| {r['tag']} | {track(r)} | {r['arch']} {r['stem']} | {r['width_mult'] or 1} | {r.get('ensemble') or 1} | {r['features']} | {r['feature_dim']} "
             f"| {flips(r)} | {r['bn']} | {r.get('whiten') or 'none'} | {r.get('first_layer') or 'random'} | {r.get('encode') or 'none'} "
-            f"| {r['solver']} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
+            f"| {readout(r)} | {r['chosen_weight_decay']} | {pct(r['val_acc'])} | {delta} "
             f"| {r['extract_s']} | {r['fit_s']} |"
         )
     finals = [r for r in rows if r["val_only"] != "true" and r["test_top1"]]
@@ -74,4 +114,9 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/random_study.csv")
+    args = [a for a in sys.argv[1:] if a != "--splice"]
+    csv_path = args[0] if args else "results/random_study.csv"
+    if "--splice" in sys.argv[1:]:
+        splice(csv_path)
+    else:
+        main(csv_path)
