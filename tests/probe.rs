@@ -247,3 +247,21 @@ fn bf16_rows_get_the_statistics_of_their_values() {
         assert!(a.allclose(b, 1e-5, 1e-5, false), "{a:?} against {b:?}");
     }
 }
+
+/// bf16 rows are scaled through float32 a block at a time and stay bf16: the values are the
+/// float32 scaling of the rows, rounded.
+#[test]
+fn bf16_rows_are_scaled_as_float32_and_rounded() {
+    tch::manual_seed(9);
+    let x = (Tensor::randn([2100, 5], (Kind::Float, Device::Cpu)) * 2.0 + 1.0).to_kind(Kind::BFloat16);
+    let scaler = probe::Scaler::fit(&x, Normalize::Standardize);
+    let want = ((x.to_kind(Kind::Float) - scaler.mean.as_ref().unwrap()) / scaler.std.as_ref().unwrap())
+        .to_kind(Kind::BFloat16);
+    let mut inplace = x.copy();
+    scaler.apply_in_place(&mut inplace);
+    let copied = scaler.apply(&x);
+    for got in [&inplace, &copied] {
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert!(got.equal(&want), "bf16 scaling differs from float32 scaling rounded");
+    }
+}

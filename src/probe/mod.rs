@@ -160,6 +160,18 @@ impl Scaler {
     /// Scales `x` in place (no second feature-sized matrix).
     pub fn apply_in_place(&self, x: &mut Tensor) {
         match (self.kind, &self.mean, &self.std) {
+            (Normalize::Standardize, Some(m), Some(s)) if x.kind() != Kind::Float => {
+                // bf16 rows (`--kernel-lean`), 1024 at a time through float32 and back:
+                // libtorch's mixed-type in-place op promoted the whole matrix to float32
+                // first (55,296 features: killed for memory at 24 GB).
+                let (m, s) = (m.to_device(x.device()), s.to_device(x.device()));
+                let n = x.size()[0];
+                for i in (0..n).step_by(1024) {
+                    let mut rows = x.narrow(0, i, 1024.min(n - i));
+                    let scaled = (rows.to_kind(Kind::Float) - &m) / &s;
+                    rows.copy_(&scaled);
+                }
+            }
             (Normalize::Standardize, Some(m), Some(s)) => {
                 let _ = x.g_sub_(&m.to_device(x.device())).g_div_(&s.to_device(x.device()));
             }
@@ -169,6 +181,12 @@ impl Scaler {
 
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match (self.kind, &self.mean, &self.std) {
+            // bf16 rows stay bf16 (the kernel head rounds new rows as its support was).
+            (Normalize::Standardize, Some(_), Some(_)) if x.kind() != Kind::Float => {
+                let mut out = x.copy();
+                self.apply_in_place(&mut out);
+                out
+            }
             (Normalize::Standardize, Some(m), Some(s)) => (x - m.to_device(x.device())) / s.to_device(x.device()),
             (Normalize::L2, _, _) => x / x.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12),
             _ => x.shallow_clone(),
