@@ -144,6 +144,8 @@ fn preset_sets_the_recipe_and_command_line_flags_win() {
         ("feature_dim", "1152"), // 64 filters, 2 polarities, 3×3 windows of 13 at stride 7
         ("hflip_test", "true"),
         ("solver", "kernel"),
+        ("kernel_precision", "bf16"),
+        ("kernel_lean", "bf16, views averaged at extraction"),
     ] {
         assert_eq!(row[col], want, "column {col}");
     }
@@ -230,7 +232,7 @@ fn the_kernel_readout_runs_one_row_per_image_and_saves_its_support() {
     assert_eq!(get("weight"), [10, 100]);
 }
 
-/// `--kernel-lean`: each row is the float32 mean of the image's two views' features, rounded
+/// `--kernel-precision bf16-lean`: each row is the float32 mean of the image's two views' features, rounded
 /// once to bf16, bit for bit what the two-part extraction gives when merged and rounded; no
 /// flipped part is kept, and the run bypasses the feature cache.
 #[test]
@@ -243,7 +245,7 @@ fn lean_rows_are_the_rounded_mean_of_both_views() {
     let data = write_mirrored(tmp.path());
     let mut args = vec!["cnnprobe", "run", "--data", data.to_str().unwrap(), "--arch", "vgg11", "--stem", "cifar"];
     args.extend(["--width-mult", "0.5", "--features", "block1:2,block2:1", "--hflip", "--hflip-test"]);
-    args.extend(["--solver", "kernel", "--kernel-precision", "bf16", "--kernel-lean"]);
+    args.extend(["--solver", "kernel", "--kernel-precision", "bf16-lean"]);
     args.extend_from_slice(FAST);
     let Job::Run(cfg) = cnnprobe::cli::Cli::parse_from(&args).into_job().unwrap() else { panic!("a run") };
     assert!(cfg.extract.lean);
@@ -275,10 +277,10 @@ fn lean_rows_are_the_rounded_mean_of_both_views() {
     assert_eq!(row["kernel_precision"], "bf16");
     assert!(row["test_top1"].parse::<f64>().unwrap() > 0.0);
 
-    // It needs the kernel readout in bf16, and fit cannot take it.
+    // It needs the kernel readout; a preset's choice is undone with another value.
     for (flags, says) in [
-        (&["--solver", "kernel", "--kernel-lean"][..], "--kernel-precision bf16"),
-        (&["--solver", "lbfgs", "--kernel-lean"][..], "--solver kernel"),
+        (&["--solver", "lbfgs", "--kernel-precision", "bf16-lean"][..], "add --kernel-precision fp32"),
+        (&["--preset", "patches-best", "--solver", "lbfgs"][..], "--kernel-precision bf16-lean sets how"),
     ] {
         let mut bad = vec!["run", "--data", data.to_str().unwrap(), "--hflip"];
         bad.extend_from_slice(flags);

@@ -233,7 +233,7 @@ fn data<'a>(train: &'a Features, val: &'a Features, classes: usize) -> TrainingD
     TrainingData { fit: own(train), val, val_view: None, refit: vec![train, val], classes }
 }
 
-/// `--kernel-lean`'s bf16 rows are standardised with the statistics of their values (a
+/// `--kernel-precision bf16-lean`'s bf16 rows are standardised with the statistics of their values (a
 /// block-wise float64 sum), the same as float32 copies of them give.
 #[test]
 fn bf16_rows_get_the_statistics_of_their_values() {

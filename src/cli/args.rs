@@ -9,7 +9,7 @@ use crate::features::{BatchSize, BnSetting, Encode, FusedConvs, Pool, Precision,
 use crate::models::init::InitScheme;
 use crate::models::{Arch, Stem, WeightsSource};
 use crate::probe::kernel::KernelFn;
-use crate::probe::{KernelPrecision, Normalize, Schedule, Solver};
+use crate::probe::{Normalize, Schedule, Solver};
 use clap::{ArgAction, Args};
 use std::path::PathBuf;
 
@@ -168,6 +168,23 @@ pub struct ComputeArgs {
     pub threads: Option<usize>,
 }
 
+/// `--kernel-precision`: the kernel readout's rows. One flag, so that a preset's choice is
+/// undone by giving another value (`--preset patches-best --solver lbfgs --kernel-precision fp32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelRows {
+    /// float32.
+    Fp32,
+    /// Rounded to bfloat16 after scaling: half the features' memory beside the float32 Gram
+    /// matrix, which on CPUs with AVX512-BF16 is computed about 3.5x faster (the exact
+    /// kernel of the rounded rows; products summed in float32).
+    Bf16,
+    /// bf16 from extraction on: each image's row is the mean of its mirrored views, averaged
+    /// as they are extracted and stored in bf16, so no float32 copy or flipped part is held
+    /// (a quarter of the memory of two float32 views). Bypasses the feature cache; rounded
+    /// before the scaling as well, so the last bits differ from bf16.
+    Bf16Lean,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
     /// Fraction of each train class held out for validation.
@@ -201,17 +218,9 @@ pub struct ProbeArgs {
     /// Stop when validation loss has not improved for N epochs (0: run all epochs).
     #[arg(long, default_value_t = 0)]
     pub patience: usize,
-    /// How --solver kernel holds the scaled features: bf16 halves their memory beside the
-    /// float32 Gram matrix and, on CPUs with AVX512-BF16, computes it about 4x faster (the
-    /// exact kernel of the rounded features; products summed in float32).
-    #[arg(long, value_enum, default_value_t = KernelPrecision::Fp32)]
-    pub kernel_precision: KernelPrecision,
-    /// With --solver kernel --kernel-precision bf16: average each image's mirrored views as
-    /// they are extracted and hold the rows in bf16 from the start (a quarter of the memory
-    /// of two float32 views). Such features bypass the feature cache, and they are rounded
-    /// before the scaling rather than after, so the last bits differ from a plain bf16 run.
-    #[arg(long)]
-    pub kernel_lean: bool,
+    /// How --solver kernel holds the scaled features.
+    #[arg(long, value_enum, default_value_t = KernelRows::Fp32)]
+    pub kernel_precision: KernelRows,
     /// The kernel of --solver kernel, ‖u‖‖v‖·κ(cos θ) of the scaled features: arccos (order
     /// 1, one infinitely wide ReLU layer), arccos2 (two such layers) or exp:B (κ = e^(B(cos θ − 1)),
     /// more local as B grows).

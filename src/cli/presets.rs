@@ -98,18 +98,19 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "patches-best",
         about: "the best no-gradient recipe of results/random_study.csv so far, chosen on validation \
-            (issue 13): one layer of 1024 6x6 filters, each a ZCA-whitened patch sampled from the \
+            (issue 13): one layer of 3072 6x6 filters, each a ZCA-whitened patch sampled from the \
             train images (no labels, no gradients, but not data-free), cosine responses \
             soft-thresholded at 0.25 with both polarities, averaged over 3x3 overlapping windows \
-            (13x13 at stride 7 on the 27x27 responses: 18432 features); each image one row, the \
-            mean of its two mirrored views; kernel ridge readout on the arc-cosine kernel with λ \
-            chosen on validation, as in random-best (--features encode:2 gives the 2x2 cells of \
-            the earlier finalists, --solver lbfgs their linear probe)",
+            (13x13 at stride 7 on the 27x27 responses: 55296 features); each image one row, the \
+            mean of its two mirrored views, averaged as extracted and held in bf16 \
+            (--kernel-precision bf16-lean); kernel ridge readout on the arc-cosine kernel with λ \
+            chosen on validation, as in random-best (--width-mult 4 --kernel-precision fp32 \
+            gives the earlier finalists, --solver lbfgs --kernel-precision fp32 their linear probe)",
         flags: &[
             "--arch",
             "patchnet",
             "--width-mult",
-            "4",
+            "12",
             "--whiten",
             "patch-zca:0.1",
             "--first-layer",
@@ -125,6 +126,8 @@ pub const PRESETS: &[Preset] = &[
             "--wd-search",
             "--normalize",
             "standardize",
+            "--kernel-precision",
+            "bf16-lean",
         ],
         random_only: &[],
     },

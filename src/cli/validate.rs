@@ -140,15 +140,19 @@ impl ComputeArgs {
 }
 
 impl ProbeArgs {
+    /// `--kernel-precision bf16-lean`: the extraction's part of it.
+    fn lean(&self) -> bool {
+        self.kernel_precision == KernelRows::Bf16Lean
+    }
+
     pub fn config(&self, seed: u64) -> Result<ProbeConfig> {
-        if self.kernel_precision != KernelPrecision::Fp32 && self.solver != Solver::Kernel {
+        if self.kernel_precision != KernelRows::Fp32 && self.solver != Solver::Kernel {
             bail!(
-                "--kernel-precision sets how --solver kernel holds its features; this run uses --solver {}",
+                "--kernel-precision {} sets how --solver kernel holds its features; this run uses --solver {} \
+                 (add --kernel-precision fp32)",
+                value_name(&self.kernel_precision),
                 value_name(&self.solver)
             );
-        }
-        if self.kernel_lean && (self.solver != Solver::Kernel || self.kernel_precision != KernelPrecision::Bf16) {
-            bail!("--kernel-lean holds the kernel readout's rows in bf16: it needs --solver kernel --kernel-precision bf16");
         }
         if self.kernel != KernelFn::default() && self.solver != Solver::Kernel {
             bail!(
@@ -171,7 +175,10 @@ impl ProbeArgs {
             max_iter: self.max_iter,
             seed,
             val_only: self.val_only,
-            kernel_precision: self.kernel_precision,
+            kernel_precision: match self.kernel_precision {
+                KernelRows::Fp32 => KernelPrecision::Fp32,
+                KernelRows::Bf16 | KernelRows::Bf16Lean => KernelPrecision::Bf16,
+            },
             kernel: self.kernel,
         })
     }
@@ -193,7 +200,7 @@ impl OutputArgs {
 impl RunArgs {
     pub fn config(&self, preset: Option<String>) -> Result<RunConfig> {
         Ok(RunConfig {
-            extract: ExtractConfig { lean: self.probe.kernel_lean, ..self.model.extract_config(&self.data)? },
+            extract: ExtractConfig { lean: self.probe.lean(), ..self.model.extract_config(&self.data)? },
             probe: self.probe.config(self.model.seed)?,
             output: self.output.config(self.probe.save_head.clone(), preset),
         })
@@ -220,8 +227,8 @@ impl ScanArgs {
 
 impl FitArgs {
     pub fn config(&self) -> Result<FitConfig> {
-        if self.probe.kernel_lean {
-            bail!("--kernel-lean changes how run extracts features; fit reads features exported before");
+        if self.probe.lean() {
+            bail!("--kernel-precision bf16-lean changes how run extracts features; fit reads features exported before (use bf16)");
         }
         Ok(FitConfig {
             features: self.features.clone(),

@@ -14,7 +14,7 @@ pub fn run(cfg: &RunConfig) -> Result<Outcome> {
     let mut set = match &cfg.output.cache_dir {
         // Lean rows (bf16, views merged) are made for one kernel fit, not kept.
         Some(_) if cfg.extract.lean => {
-            eprintln!("features: --kernel-lean, extracted without the cache");
+            eprintln!("features: --kernel-precision bf16-lean, extracted without the cache");
             extract_features(&cfg.extract, device)?
         }
         Some(dir) => cache::features(&cfg.extract, device, dir)?,

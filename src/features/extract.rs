@@ -297,7 +297,7 @@ pub struct Collect {
 }
 
 impl Collect {
-    /// Rows rounded to `kind` as they arrive (`--kernel-lean`: bf16).
+    /// Rows rounded to `kind` as they arrive (`--kernel-precision bf16-lean`: bf16).
     pub fn stored_as(kind: Kind) -> Collect {
         Collect { kind: Some(kind), ..Collect::default() }
     }
@@ -338,7 +338,7 @@ pub struct Feed {
     pub workers: usize,
     /// Mirror every image (the `_flip` parts).
     pub flip: bool,
-    /// Each row the mean of the image's and its mirror's features (`--kernel-lean`), in
+    /// Each row the mean of the image's and its mirror's features (`--kernel-precision bf16-lean`), in
     /// float32 before the sink stores it: the same sum the kernel readout makes of two parts.
     pub mean_flip: bool,
 }

@@ -51,7 +51,7 @@ pub struct ExtractConfig {
     pub hflip: bool,
     /// Score validation and test images on both views (needs `hflip`).
     pub hflip_test: bool,
-    /// `--kernel-lean`: each image's row is the mean of its views' features (both where
+    /// `--kernel-precision bf16-lean`: each image's row is the mean of its views' features (both where
     /// `hflip`/`hflip_test` give two), averaged as they are extracted and stored in bf16, so
     /// no flipped part is kept (absent from older configs, which are all false).
     #[serde(default, skip_serializing_if = "is_false")]

@@ -138,7 +138,7 @@ impl Scaler {
         }
     }
 
-    /// Standardisation statistics of bf16 rows (`--kernel-lean`): float32 copies of 1024
+    /// Standardisation statistics of bf16 rows (`--kernel-precision bf16-lean`): float32 copies of 1024
     /// rows at a time summed in float64, mean then variance, so no feature-sized temporary.
     fn fit_rounded(x: &Tensor) -> Scaler {
         let n = x.size()[0];
@@ -161,7 +161,7 @@ impl Scaler {
     pub fn apply_in_place(&self, x: &mut Tensor) {
         match (self.kind, &self.mean, &self.std) {
             (Normalize::Standardize, Some(m), Some(s)) if x.kind() != Kind::Float => {
-                // bf16 rows (`--kernel-lean`), 1024 at a time through float32 and back:
+                // bf16 rows (`--kernel-precision bf16-lean`), 1024 at a time through float32 and back:
                 // libtorch's mixed-type in-place op promoted the whole matrix to float32
                 // first (55,296 features: killed for memory at 24 GB).
                 let (m, s) = (m.to_device(x.device()), s.to_device(x.device()));
