@@ -156,41 +156,29 @@ fn scaled_norms(x: &Tensor) -> Tensor {
 }
 
 /// Writes k(a_i, b_j) into `out` (m, n), block by block, with `nb` the norms of b's rows.
+/// Float32 rows go by blocks of `a`'s rows (libtorch's product); bf16 support rows by
+/// blocks of `b`'s, with `a` rounded as they were, so the products pack each block once and
+/// stream all of `a` past it.
 fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> Result<()> {
-    if b.kind() == Kind::BFloat16 {
-        return fill_rounded(out, &a.to_kind(Kind::BFloat16), b, nb, f);
-    }
-    let m = a.size()[0];
-    let bt = b.tr();
-    let bar = progress::rows(m as u64, "kernel");
+    let rounded = b.kind() == Kind::BFloat16;
+    let a = if rounded { a.to_kind(Kind::BFloat16) } else { a.shallow_clone() };
+    let (m, n, d) = (a.size()[0], b.size()[0], a.size()[1]);
+    // Block by block, each row's sum as over the whole matrix: the same norms either way.
+    let na = scaled_norms(&a);
+    let (count, axis) = if rounded { (n, 1) } else { (m, 0) };
+    let bar = progress::rows(count as u64, "kernel");
     tch::no_grad(|| -> Result<()> {
-        for i in (0..m).step_by(BLOCK as usize) {
-            let len = BLOCK.min(m - i);
-            let rows = a.narrow(0, i, len);
-            let mut g = out.narrow(0, i, len);
-            let _ = rows.mm_out(&g, &bt);
-            apply(&mut g, &scaled_norms(&rows), nb, a.size()[1], f)?;
-            bar.inc(len as u64);
-        }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    Ok(())
-}
-
-/// `fill` for bf16 support rows, with `a` rounded as they were: a block of support rows at
-/// a time (the products pack each block once and stream all of `a` past it).
-fn fill_rounded(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> Result<()> {
-    let (n, d) = (b.size()[0], b.size()[1]);
-    let na = scaled_norms(a);
-    let bar = progress::rows(n as u64, "kernel");
-    tch::no_grad(|| -> Result<()> {
-        for j in (0..n).step_by(BLOCK as usize) {
+        for k in (0..count).step_by(BLOCK as usize) {
             interrupt::check()?;
-            let len = BLOCK.min(n - j);
-            let mut cols = out.narrow(1, j, len);
-            products(a, &b.narrow(0, j, len), &mut cols)?;
-            apply(&mut cols, &na, &nb.narrow(0, j, len), d, f)?;
+            let len = BLOCK.min(count - k);
+            let mut block = out.narrow(axis, k, len);
+            if rounded {
+                products(&a, &b.narrow(0, k, len), &mut block)?;
+                apply(&mut block, &na, &nb.narrow(0, k, len), d, f)?;
+            } else {
+                let _ = a.narrow(0, k, len).mm_out(&block, &b.tr());
+                apply(&mut block, &na.narrow(0, k, len), nb, d, f)?;
+            }
             bar.inc(len as u64);
         }
         Ok(())
@@ -237,52 +225,37 @@ fn apply_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64, f: KernelFn) {
 
 /// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device. Each block of rows
 /// computes only the columns from its diagonal on and mirrors them below: half the products.
+/// bf16 rows go by column strips instead (the loop runs on the transposed view): each block
+/// is packed once, as `b` of `products`, and the rows from it down stream past. Either way
+/// the diagonal blocks come out symmetric, as each entry pair sums the same products in the
+/// same order.
 fn gram(x: &Tensor, f: KernelFn) -> Result<Tensor> {
     let (n, d) = (x.size()[0], x.size()[1]);
     let out = Tensor::f_empty([n, n], (Kind::Float, x.device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
-    if x.kind() == Kind::BFloat16 {
-        return gram_rounded(x, out, f);
-    }
+    let rounded = x.kind() == Kind::BFloat16;
+    let target = if rounded { out.tr() } else { out.shallow_clone() };
     let norms = scaled_norms(x);
     let bar = progress::rows(n as u64, "kernel");
     tch::no_grad(|| -> Result<()> {
         for i in (0..n).step_by(BLOCK as usize) {
             interrupt::check()?;
             let len = BLOCK.min(n - i);
-            let mut strip = out.narrow(0, i, len).narrow(1, i, n - i);
-            let _ = x.narrow(0, i, len).mm_out(&strip, &x.narrow(0, i, n - i).tr());
-            apply(&mut strip, &norms.narrow(0, i, len), &norms.narrow(0, i, n - i), d, f)?;
-            if i + len < n {
-                let mut below = out.narrow(0, i + len, n - i - len).narrow(1, i, len);
-                below.copy_(&strip.narrow(1, len, n - i - len).tr());
+            let strip = target.narrow(0, i, len).narrow(1, i, n - i);
+            let (block, from_block) = (x.narrow(0, i, len), x.narrow(0, i, n - i));
+            let (nr, nc) = (norms.narrow(0, i, len), norms.narrow(0, i, n - i));
+            if rounded {
+                let mut column = strip.tr();
+                products(&from_block, &block, &mut column)?;
+                apply(&mut column, &nc, &nr, d, f)?;
+            } else {
+                let mut row = strip.shallow_clone();
+                let _ = block.mm_out(&row, &from_block.tr());
+                apply(&mut row, &nr, &nc, d, f)?;
             }
-            bar.inc(len as u64);
-        }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    Ok(out)
-}
-
-/// `gram` for bf16 rows, by column strips: each block of rows is packed once (as `b` of
-/// `products`) and the rows from it down stream past; the strip's transpose fills the rows
-/// above. The diagonal blocks come out symmetric, as each entry pair sums the same products
-/// in the same order.
-fn gram_rounded(x: &Tensor, out: Tensor, f: KernelFn) -> Result<Tensor> {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let norms = scaled_norms(x);
-    let bar = progress::rows(n as u64, "kernel");
-    tch::no_grad(|| -> Result<()> {
-        for i in (0..n).step_by(BLOCK as usize) {
-            interrupt::check()?;
-            let len = BLOCK.min(n - i);
-            let mut strip = out.narrow(0, i, n - i).narrow(1, i, len);
-            products(&x.narrow(0, i, n - i), &x.narrow(0, i, len), &mut strip)?;
-            apply(&mut strip, &norms.narrow(0, i, n - i), &norms.narrow(0, i, len), d, f)?;
             if i + len < n {
-                let mut above = out.narrow(0, i, len).narrow(1, i + len, n - i - len);
-                above.copy_(&strip.narrow(0, len, n - i - len).tr());
+                let mut mirror = target.narrow(0, i + len, n - i - len).narrow(1, i, len);
+                mirror.copy_(&strip.narrow(1, len, n - i - len).tr());
             }
             bar.inc(len as u64);
         }
