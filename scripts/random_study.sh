@@ -6,7 +6,7 @@
 #   STAGE=final-kernel SEEDS="0" ./scripts/random_study.sh DIR   # one stage, chosen seeds
 #   (stages: screen, patchnet, pool, kernel, kernel2, final, final-kernel, final-patches-kernel,
 #   final-patches-kernel-cells3, final-patches-kernel-win, final-random-patches, kernel3, kernel4, kernel5,
-#   kernel6, chart)
+#   kernel6, kernel7, kernel8, kernel9, kernel10, final-patches-lean, chart)
 #
 # Screening runs use --val-only: the L2 strength and every lever are chosen on a seeded
 # validation split carved from train (seed 0), and the test split is never scored. Only the
@@ -243,6 +243,17 @@ if [[ $stage == kernel9 ]]; then
     --encode "soft:${NOGRAD_SOFT:-0.25}" "${lean[@]}"
   TIMED=1 screen kernel-patchnet-w12-soft:0.1-win13s7+hflip-test-lean --arch patchnet --width-mult 12 \
     --encode soft:0.1 "${lean[@]}"
+fi
+
+# Issue 13, fifth session: the kernel averaged over the four pairs of two images' mirrored
+# views (--kernel-views pairs) instead of the kernel of their mean features, on the cached
+# K = 1024 features of both tracks (bf16 rows: the Gram matrix then costs four times kernel7's).
+if [[ $stage == kernel10 ]]; then
+  pairs=(--features encode:13/7 --hflip --hflip-test --solver kernel --kernel-precision bf16 --kernel-views pairs)
+  TIMED=1 screen kernel-nograd-patchnet-w4-pzca:0.1-soft:0.25-win13s7+hflip-test-bf16-pairs --arch patchnet \
+    --width-mult 4 --first-layer patches --whiten patch-zca:0.1 --encode soft:0.25 "${pairs[@]}"
+  TIMED=1 screen kernel-patchnet-w4-soft:0.1-win13s7+hflip-test-bf16-pairs --arch patchnet --width-mult 4 \
+    --encode soft:0.1 "${pairs[@]}"
 fi
 
 # Finalists: each track's preset, three seeds, scored on test once each. Wall time and peak

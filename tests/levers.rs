@@ -232,6 +232,46 @@ fn the_kernel_readout_runs_one_row_per_image_and_saves_its_support() {
     assert_eq!(get("weight"), [10, 100]);
 }
 
+/// `--kernel-views pairs` through the binary: one weight per image, both views of each kept
+/// as support, the summary says so; and the combinations that cannot work are refused.
+#[test]
+fn the_pair_kernel_keeps_both_views_of_each_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_cifar10(tmp.path(), 20, 20);
+    let d = data.to_str().unwrap();
+    let mut args = vec!["run", "--data", d, "--arch", "vgg11", "--stem", "cifar", "--width-mult", "0.25"];
+    args.extend(["--features", "block1:2", "--solver", "kernel", "--wd-search", "--kernel-views", "pairs"]);
+    args.extend(["--kernel-precision", "bf16", "--hflip", "--hflip-test", "--save-head", "h.safetensors"]);
+    args.extend(["--out", "r", "--summary", "s.csv"]);
+    args.extend_from_slice(FAST);
+    let o = cnnprobe(tmp.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("averaged over the four pairs of mirrored views"), "{}", stderr(&o));
+    let row = &summary_rows(&tmp.path().join("s.csv"))[0];
+    assert_eq!((row["kernel_views"].as_str(), row["n_train"].as_str()), ("pairs", "90"));
+    assert!(row["test_top1"].parse::<f64>().unwrap() > 0.0);
+    let head = tch::Tensor::read_safetensors(tmp.path().join("h.safetensors")).unwrap();
+    let get = |k: &str| head.iter().find(|(n, _)| n == k).map(|(_, t)| t.size()).unwrap_or_default();
+    assert_eq!(get("kernel_support"), [100, 64]);
+    assert_eq!(get("kernel_support_flip"), [100, 64]);
+    assert_eq!(get("weight"), [10, 100], "one weight per image, not per view");
+
+    for (flags, says) in [
+        (&["--solver", "lbfgs", "--kernel-views", "pairs", "--hflip"][..], "is --solver kernel's"),
+        (&["--solver", "kernel", "--kernel-views", "pairs"][..], "add --hflip"),
+        (
+            &["--solver", "kernel", "--kernel-views", "pairs", "--hflip", "--kernel-precision", "bf16-lean"][..],
+            "use --kernel-precision bf16",
+        ),
+    ] {
+        let mut bad = vec!["run", "--data", d];
+        bad.extend_from_slice(flags);
+        let o = cnnprobe(tmp.path(), &bad);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+    }
+}
+
 /// `--kernel-precision bf16-lean`: each row is the float32 mean of the image's two views' features, rounded
 /// once to bf16, bit for bit what the two-part extraction gives when merged and rounded; no
 /// flipped part is kept, and the run bypasses the feature cache.

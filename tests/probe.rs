@@ -25,6 +25,7 @@ fn settings(solver: Solver, wd: f64) -> ProbeConfig {
         val_only: false,
         kernel_precision: probe::KernelPrecision::Fp32,
         kernel: probe::kernel::KernelFn::ArcCos,
+        kernel_views: probe::KernelViews::Mean,
     }
 }
 
@@ -77,7 +78,7 @@ fn the_kernel_readout_fits_what_a_linear_head_cannot() {
     let f = probe::fit(data(&train, &val, 2), &s, Device::Cpu).unwrap();
     assert_eq!(f.grid.len(), probe::kernel::GRID.len());
     assert!(f.grid.iter().all(|g| g.stage == "kernel"));
-    assert!(f.refit && f.head.kernel.as_ref().unwrap().rows.size()[0] == 900, "refit on train+val");
+    assert!(f.refit && f.head.kernel.as_ref().unwrap().views[0].size()[0] == 900, "refit on train+val");
     assert!(probe::metrics::accuracy(&f.head.logits(&val.x).unwrap(), &val.y) > 0.9);
 }
 

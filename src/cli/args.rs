@@ -9,7 +9,7 @@ use crate::features::{BatchSize, BnSetting, Encode, FusedConvs, Pool, Precision,
 use crate::models::init::InitScheme;
 use crate::models::{Arch, Stem, WeightsSource};
 use crate::probe::kernel::KernelFn;
-use crate::probe::{Normalize, Schedule, Solver};
+use crate::probe::{KernelViews, Normalize, Schedule, Solver};
 use clap::{ArgAction, Args};
 use std::path::PathBuf;
 
@@ -226,6 +226,12 @@ pub struct ProbeArgs {
     /// more local as B grows).
     #[arg(long, default_value = "arccos", value_name = "arccos|arccos2|exp:B", value_parser = parse::kernel)]
     pub kernel: KernelFn,
+    /// How --solver kernel treats each image's mirrored views (--hflip): mean (one row per
+    /// image, the mean of its views' features) or pairs (both views kept, the kernel averaged
+    /// over the four pairs of two images' views: twice the rows' memory, four times the
+    /// products).
+    #[arg(long, value_enum, default_value_t = KernelViews::Mean)]
+    pub kernel_views: KernelViews,
     /// L-BFGS iteration cap per fit (the kernel readout's conjugate-gradient steps too).
     #[arg(long, default_value_t = 1000, value_parser = parse::positive_usize)]
     pub max_iter: usize,

@@ -6,7 +6,7 @@ use crate::data::{source, DataConfig, DatasetName, InputNorm};
 use crate::features::{cache, ExtractConfig, FeatureSpec};
 use crate::models::{ModelConfig, Stem, WeightsSource};
 use crate::probe::kernel::KernelFn;
-use crate::probe::{KernelPrecision, ProbeConfig, Solver};
+use crate::probe::{KernelPrecision, KernelViews, ProbeConfig, Solver};
 use crate::report::{OutputConfig, RUNS_DIR};
 use crate::util::device::Compute;
 use crate::util::names::value_name;
@@ -161,6 +161,20 @@ impl ProbeArgs {
                 value_name(&self.solver)
             );
         }
+        if self.kernel_views != KernelViews::Mean && self.solver != Solver::Kernel {
+            bail!(
+                "--kernel-views {} is --solver kernel's; this run uses --solver {} (linear heads train on \
+                 both views already)",
+                value_name(&self.kernel_views),
+                value_name(&self.solver)
+            );
+        }
+        if self.kernel_views == KernelViews::Pairs && self.lean() {
+            bail!(
+                "--kernel-views pairs keeps both mirrored views, and --kernel-precision bf16-lean averages them \
+                 as they are extracted: use --kernel-precision bf16"
+            );
+        }
         Ok(ProbeConfig {
             val_fraction: self.val_fraction,
             solver: self.solver,
@@ -180,6 +194,7 @@ impl ProbeArgs {
                 KernelRows::Bf16 | KernelRows::Bf16Lean => KernelPrecision::Bf16,
             },
             kernel: self.kernel,
+            kernel_views: self.kernel_views,
         })
     }
 }
@@ -199,6 +214,9 @@ impl OutputArgs {
 
 impl RunArgs {
     pub fn config(&self, preset: Option<String>) -> Result<RunConfig> {
+        if self.probe.kernel_views == KernelViews::Pairs && !self.model.hflip {
+            bail!("--kernel-views pairs compares both mirrored views of each image: add --hflip (and --hflip-test)");
+        }
         Ok(RunConfig {
             extract: ExtractConfig { lean: self.probe.lean(), ..self.model.extract_config(&self.data)? },
             probe: self.probe.config(self.model.seed)?,

@@ -106,7 +106,7 @@ pub fn fit(data: TrainingData, s: &ProbeConfig, device: Device) -> Result<Fitted
         let val = Features { x: data.val_view.unwrap_or(&data.val.x).shallow_clone(), y: data.val.y.shallow_clone() };
         let (x, y) = stack(&[&data.fit, &val], device)?;
         drop((data, val));
-        return super::kernel::fit(Features { x, y }, m, classes, s, device);
+        return super::kernel::fit(Features { x, y }, None, m, classes, s, device);
     }
     let start = Instant::now();
     let c = data.classes as i64;

@@ -11,7 +11,7 @@
 use super::bf16;
 use super::dense;
 use super::fit::{place, Fitted};
-use super::{metrics, GridPoint, Head, KernelPrecision, ProbeConfig, Scaler};
+use super::{metrics, GridPoint, Head, KernelPrecision, KernelViews, ProbeConfig, Scaler};
 use crate::data::split;
 use crate::features::Features;
 use crate::util::{interrupt, progress};
@@ -101,36 +101,43 @@ impl std::fmt::Display for KernelFn {
 
 crate::serde_as_str!(KernelFn);
 
-/// The rows a kernel head compares new rows with (scaled), their norms after the 1/√D, and
-/// the training kernel's column means k̄ (1, n) and grand mean k̄̄ for the centring.
+/// The rows a kernel head compares new rows with (scaled; one tensor per view, see
+/// `KernelViews`), their norms after the 1/√D, and the training kernel's column means k̄
+/// (1, n) and grand mean k̄̄ for the centring.
 pub struct Support {
-    pub rows: Tensor,
+    pub views: Vec<Tensor>,
     f: KernelFn,
-    norms: Tensor,
+    norms: Vec<Tensor>,
     col_means: Tensor,
     grand_mean: f64,
 }
 
 impl Support {
-    /// `gram` is k over `rows` themselves.
-    fn new(rows: Tensor, gram: &Tensor, f: KernelFn) -> Support {
-        let norms = scaled_norms(&rows);
+    /// `gram` is k over the support rows themselves.
+    fn new(views: Vec<Tensor>, gram: &Tensor, f: KernelFn) -> Support {
+        let norms = views.iter().map(scaled_norms).collect();
         let col_means = gram.mean_dim(0, true, Kind::Float);
         let grand_mean = col_means.mean(Kind::Float).double_value(&[]);
-        Support { rows, f, norms, col_means, grand_mean }
+        Support { views, f, norms, col_means, grand_mean }
     }
 
     /// The centred kernel k(x, s_j) − m(x) − k̄_j + k̄̄ for scaled rows x, m(x) the mean over
-    /// j: (m, n), on the support's device. Centring before the product with the weights
-    /// keeps the kernel's large constant part (k ≈ 0.3 between unrelated rows) out of a sum
-    /// of 45k terms whose weights grow as 1/λ: uncentred, float32 rounding there cost the
-    /// small λ most of their validation accuracy.
+    /// j: (m, n), on the support's device; with two support views, k(x, s_j) is the mean over
+    /// them (the caller averages over x's views). Centring before the product with the
+    /// weights keeps the kernel's large constant part (k ≈ 0.3 between unrelated rows) out of
+    /// a sum of 45k terms whose weights grow as 1/λ: uncentred, float32 rounding there cost
+    /// the small λ most of their validation accuracy.
     pub fn map(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_device(self.rows.device());
-        let mut out = Tensor::empty([x.size()[0], self.rows.size()[0]], (Kind::Float, x.device()));
-        fill(&mut out, &x, &self.rows, &self.norms, self.f)?;
+        let x = x.to_device(self.views[0].device());
+        let mut out = Tensor::empty([x.size()[0], self.views[0].size()[0]], (Kind::Float, x.device()));
+        fill(&mut out, &x, &self.views, &self.norms, self.f)?;
         self.centre(&mut out);
         Ok(out)
+    }
+
+    /// Whether the support holds both mirrored views of each image (`--kernel-views pairs`).
+    pub fn pairs(&self) -> bool {
+        self.views.len() == 2
     }
 
     /// Centres kernel values k(x, s_j) of new rows in place (see `map`).
@@ -155,14 +162,15 @@ fn scaled_norms(x: &Tensor) -> Tensor {
     out
 }
 
-/// Writes k(a_i, b_j) into `out` (m, n), block by block, with `nb` the norms of b's rows.
-/// Float32 rows go by blocks of `a`'s rows (libtorch's product); bf16 support rows by
-/// blocks of `b`'s, with `a` rounded as they were, so the products pack each block once and
-/// stream all of `a` past it.
-fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> Result<()> {
-    let rounded = b.kind() == Kind::BFloat16;
+/// Writes k(a_i, b_j) into `out` (m, n), block by block, with b's rows in `views` (one
+/// tensor per view: with two, the mean of a_i's kernel with both views of b_j) and `nb`
+/// their norms. Float32 rows go by blocks of `a`'s rows (libtorch's product); bf16 support
+/// rows by blocks of b's, with `a` rounded as they were, so the products pack each block
+/// once and stream all of `a` past it.
+fn fill(out: &mut Tensor, a: &Tensor, views: &[Tensor], nb: &[Tensor], f: KernelFn) -> Result<()> {
+    let rounded = views[0].kind() == Kind::BFloat16;
     let a = if rounded { a.to_kind(Kind::BFloat16) } else { a.shallow_clone() };
-    let (m, n, d) = (a.size()[0], b.size()[0], a.size()[1]);
+    let (m, n, d) = (a.size()[0], views[0].size()[0], a.size()[1]);
     // Block by block, each row's sum as over the whole matrix: the same norms either way.
     let na = scaled_norms(&a);
     let (count, axis) = if rounded { (n, 1) } else { (m, 0) };
@@ -171,13 +179,26 @@ fn fill(out: &mut Tensor, a: &Tensor, b: &Tensor, nb: &Tensor, f: KernelFn) -> R
         for k in (0..count).step_by(BLOCK as usize) {
             interrupt::check()?;
             let len = BLOCK.min(count - k);
-            let mut block = out.narrow(axis, k, len);
-            if rounded {
-                products(&a, &b.narrow(0, k, len), &mut block)?;
-                apply(&mut block, &na, &nb.narrow(0, k, len), d, f)?;
-            } else {
-                let _ = a.narrow(0, k, len).mm_out(&block, &b.tr());
-                apply(&mut block, &na.narrow(0, k, len), nb, d, f)?;
+            let block = out.narrow(axis, k, len);
+            for (v, (b, nb)) in views.iter().zip(nb).enumerate() {
+                // The first view straight into the output, others beside it and added.
+                let mut dest = match v {
+                    0 => block.shallow_clone(),
+                    _ => Tensor::empty(block.size(), (Kind::Float, block.device())),
+                };
+                if rounded {
+                    products(&a, &b.narrow(0, k, len), &mut dest)?;
+                    apply(&mut dest, &na, &nb.narrow(0, k, len), d, f)?;
+                } else {
+                    let _ = a.narrow(0, k, len).mm_out(&dest, &b.tr());
+                    apply(&mut dest, &na.narrow(0, k, len), nb, d, f)?;
+                }
+                if v > 0 {
+                    let _ = block.shallow_clone().g_add_(&dest);
+                }
+            }
+            if views.len() > 1 {
+                let _ = block.shallow_clone().g_div_scalar_(views.len() as f64);
             }
             bar.inc(len as u64);
         }
@@ -223,36 +244,59 @@ fn apply_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64, f: KernelFn) {
     g.copy_(&k);
 }
 
-/// The Gram matrix k(x_i, x_j) of scaled rows, (n, n) on x's device. Each block of rows
-/// computes only the columns from its diagonal on and mirrors them below: half the products.
-/// bf16 rows go by column strips instead (the loop runs on the transposed view): each block
-/// is packed once, as `b` of `products`, and the rows from it down stream past. Either way
-/// the diagonal blocks come out symmetric, as each entry pair sums the same products in the
-/// same order.
-fn gram(x: &Tensor, f: KernelFn) -> Result<Tensor> {
-    let (n, d) = (x.size()[0], x.size()[1]);
-    let out = Tensor::f_empty([n, n], (Kind::Float, x.device()))
+/// The Gram matrix of scaled rows, (n, n) on their device: k(x_i, x_j) for one view, or
+/// for two (`--kernel-views pairs`, the mirrored views a and b) the mean over the four view
+/// pairs, ¼[k(a_i, a_j) + k(b_i, b_j) + k(a_i, b_j) + k(b_i, a_j)]: four times the products.
+/// Each block of rows computes only the columns from its diagonal on and mirrors them below:
+/// half the products. bf16 rows go by column strips instead (the loop runs on the
+/// transposed view): each block is packed once, as `b` of `products`, and the rows from it
+/// down stream past. Either way the diagonal blocks come out symmetric, as each entry pair
+/// sums the same products in the same order (the two cross terms are added to each other
+/// first, so their sum is the same either way round).
+fn gram(views: &[&Tensor], f: KernelFn) -> Result<Tensor> {
+    ensure!(matches!(views.len(), 1 | 2), "the kernel readout takes one or two views of each image");
+    let (n, d) = (views[0].size()[0], views[0].size()[1]);
+    let out = Tensor::f_empty([n, n], (Kind::Float, views[0].device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
-    let rounded = x.kind() == Kind::BFloat16;
+    let rounded = views[0].kind() == Kind::BFloat16;
     let target = if rounded { out.tr() } else { out.shallow_clone() };
-    let norms = scaled_norms(x);
+    let norms: Vec<Tensor> = views.iter().map(|x| scaled_norms(x)).collect();
+    // (row view, column view) of each term, in the order they are summed.
+    let terms: &[(usize, usize)] = if views.len() == 1 { &[(0, 0)] } else { &[(0, 0), (1, 1), (0, 1), (1, 0)] };
     let bar = progress::rows(n as u64, "kernel");
     tch::no_grad(|| -> Result<()> {
         for i in (0..n).step_by(BLOCK as usize) {
             interrupt::check()?;
             let len = BLOCK.min(n - i);
             let strip = target.narrow(0, i, len).narrow(1, i, n - i);
-            let (block, from_block) = (x.narrow(0, i, len), x.narrow(0, i, n - i));
-            let (nr, nc) = (norms.narrow(0, i, len), norms.narrow(0, i, n - i));
-            if rounded {
-                let mut column = strip.tr();
-                products(&from_block, &block, &mut column)?;
-                apply(&mut column, &nc, &nr, d, f)?;
-            } else {
-                let mut row = strip.shallow_clone();
-                let _ = block.mm_out(&row, &from_block.tr());
-                apply(&mut row, &nr, &nc, d, f)?;
+            let mut sums: Vec<Tensor> = Vec::with_capacity(terms.len());
+            for (t, &(u, v)) in terms.iter().enumerate() {
+                let (block, from_block) = (views[u].narrow(0, i, len), views[v].narrow(0, i, n - i));
+                let (nr, nc) = (norms[u].narrow(0, i, len), norms[v].narrow(0, i, n - i));
+                // The first term straight into the strip, the others beside it (laid out
+                // as the products write: rows of the column strip for bf16).
+                let opts = (Kind::Float, strip.device());
+                let dest = match (t, rounded) {
+                    (0, _) => strip.shallow_clone(),
+                    (_, true) => Tensor::empty([n - i, len], opts).tr(),
+                    (_, false) => Tensor::empty([len, n - i], opts),
+                };
+                if rounded {
+                    let mut column = dest.tr();
+                    products(&from_block, &block, &mut column)?;
+                    apply(&mut column, &nc, &nr, d, f)?;
+                } else {
+                    let mut row = dest.shallow_clone();
+                    let _ = block.mm_out(&row, &from_block.tr());
+                    apply(&mut row, &nr, &nc, d, f)?;
+                }
+                sums.push(dest);
             }
+            if let [first, second, cross_ab, cross_ba] = &mut sums[..] {
+                let _ = cross_ab.g_add_(cross_ba);
+                let _ = first.g_add_(second).g_add_(cross_ab).g_div_scalar_(4.0);
+            }
+            drop(sums);
             if i + len < n {
                 let mut mirror = target.narrow(0, i + len, n - i - len).narrow(1, i, len);
                 mirror.copy_(&strip.narrow(1, len, n - i - len).tr());
@@ -457,31 +501,51 @@ fn head(support: Support, alpha: Tensor, b: Tensor, scaler: Scaler) -> Head {
 /// scores validation, and the whole matrix is the refit's. Features are scaled with the fit
 /// rows' statistics throughout (the refit does not rescale: its matrix is the same one).
 /// `rows` are one per image, the `m` fit rows first, then the validation rows: owned, as
-/// they are scaled in place and become the head's support.
-pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Device) -> Result<Fitted> {
+/// they are scaled in place and become the head's support. `flipped` holds the same images'
+/// mirrored views, row for row, for `--kernel-views pairs` (the scaling's statistics are
+/// then those of both views).
+pub fn fit(
+    rows: Features,
+    flipped: Option<Tensor>,
+    m: i64,
+    classes: usize,
+    s: &ProbeConfig,
+    device: Device,
+) -> Result<Fitted> {
     let start = Instant::now();
     let c = classes as i64;
     let n = rows.x.size()[0];
     ensure!(m > 0, "the training split is empty");
     ensure!(n > m, "the validation split is empty: use more data or a larger --val-fraction");
-    let mut x = place(rows.x, device);
-    let labels = rows.y.to_device(x.device());
-    let scaler = Scaler::fit(&x.narrow(0, 0, m), s.normalize);
-    scaler.apply_in_place(&mut x);
-    // Rounded once, after scaling: the float32 rows go before the Gram matrix is made.
-    if s.kernel_precision == KernelPrecision::Bf16 {
-        x = x.to_kind(Kind::BFloat16);
+    ensure!(
+        flipped.is_some() == (s.kernel_views == KernelViews::Pairs),
+        "--kernel-views {}: the rows given do not match",
+        crate::util::names::value_name(&s.kernel_views)
+    );
+    let mut views: Vec<Tensor> = std::iter::once(rows.x).chain(flipped).map(|x| place(x, device)).collect();
+    let labels = rows.y.to_device(views[0].device());
+    let scaler = match &views[..] {
+        [x] => Scaler::fit(&x.narrow(0, 0, m), s.normalize),
+        _ => Scaler::fit_views(&views.iter().map(|x| x.narrow(0, 0, m)).collect::<Vec<_>>(), s.normalize),
+    };
+    for x in &mut views {
+        scaler.apply_in_place(x);
+        // Rounded once, after scaling: each float32 view goes before the next is rounded.
+        if s.kernel_precision == KernelPrecision::Bf16 {
+            *x = x.to_kind(Kind::BFloat16);
+        }
     }
     let lambdas: Vec<f64> = if s.wd_search { GRID.to_vec() } else { vec![s.weight_decay] };
     ensure!(lambdas[0] > 0.0, "--solver kernel needs λ (--weight-decay) > 0");
     eprintln!(
-        "kernel: {n}×{n} {} Gram matrix ({:.1} GB) from {} rows",
+        "kernel: {n}×{n} {} Gram matrix ({:.1} GB) from {} rows{}",
         s.kernel,
         (n * n * 4) as f64 / 1e9,
-        crate::util::names::value_name(&s.kernel_precision)
+        crate::util::names::value_name(&s.kernel_precision),
+        if views.len() == 2 { ", averaged over the four pairs of mirrored views" } else { "" }
     );
     let clock = Instant::now();
-    let k = gram(&x, s.kernel)?;
+    let k = gram(&views.iter().collect::<Vec<_>>(), s.kernel)?;
     eprintln!("kernel: Gram matrix in {:.1} s", clock.elapsed().as_secs_f64());
     let fit_block = k.narrow(0, 0, m).narrow(1, 0, m);
     let y = targets(&labels.narrow(0, 0, m), c);
@@ -496,7 +560,7 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     );
     // Centred kernel ridge: f(x) = k_c(x, ·)·A + mean(Y).
     let ymean = y.mean_dim(0, false, Kind::Float);
-    let support = Support::new(x.narrow(0, 0, m), &fit_block, s.kernel);
+    let support = Support::new(views.iter().map(|x| x.narrow(0, 0, m)).collect(), &fit_block, s.kernel);
     let mut kv = Tensor::empty([n - m, m], (Kind::Float, k.device()));
     kv.copy_(&k.narrow(0, m, n - m).narrow(1, 0, m));
     support.centre(&mut kv);
@@ -538,7 +602,7 @@ pub fn fit(rows: Features, m: i64, classes: usize, s: &ProbeConfig, device: Devi
     let clock = Instant::now();
     let mut refit = solve(&k, &all_y, &[chosen], s.max_iter, Some(&first_guess), (LANDMARKS, s.seed))?;
     eprintln!("kernel: refit on {n} rows in {} steps, {:.1} s", refit.steps[0], clock.elapsed().as_secs_f64());
-    let support = Support::new(x, &k, s.kernel);
+    let support = Support::new(views, &k, s.kernel);
     drop(k);
     let b = all_y.mean_dim(0, false, Kind::Float);
     Ok(done(head(support, refit.xs.remove(0), b, scaler), true))
@@ -563,7 +627,7 @@ mod tests {
         tch::manual_seed(0);
         let n = 60;
         let x = Tensor::randn([n, 8], (Kind::Float, Device::Cpu));
-        let k = gram(&x, KernelFn::ArcCos).unwrap();
+        let k = gram(&[&x], KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(3, [n], (Kind::Int64, Device::Cpu)), 3);
         let lambdas = [0.05, 0.2, 1.0, 30.0];
         let Solved { xs, steps } = solve(&k, &y, &lambdas, 500, None, (10, 0)).unwrap();
@@ -577,7 +641,7 @@ mod tests {
     #[test]
     fn the_kernel_is_the_arc_cosine_formula() {
         let a = Tensor::from_slice(&[3.0f32, 0.0, 1.0, 1.0]).view([2, 2]);
-        let k = gram(&a, KernelFn::ArcCos).unwrap();
+        let k = gram(&[&a], KernelFn::ArcCos).unwrap();
         // u = a/√2: ‖u0‖ = 3/√2, ‖u1‖ = 1, θ = 45°.
         let (n0, t) = (3.0 / 2f64.sqrt(), PI / 4.0);
         let want01 = n0 * (t.sin() + (PI - t) * t.cos()) / PI;
@@ -606,7 +670,7 @@ mod tests {
             (KernelFn::Exp(3.0), ((&c - 1.0) * 3.0).exp()),
         ] {
             let want = &outer * kappa;
-            let cpu = gram(&x, f).unwrap().to_kind(Kind::Double);
+            let cpu = gram(&[&x], f).unwrap().to_kind(Kind::Double);
             let mut ops = x.mm(&x.tr());
             apply_ops(&mut ops, &scaled_norms(&x), &scaled_norms(&x), 7, f);
             for (path, got) in [("cpu", cpu), ("ops", ops.to_kind(Kind::Double))] {
@@ -633,7 +697,7 @@ mod tests {
         tch::manual_seed(2);
         let n = 80;
         let x = Tensor::randn([n, 6], (Kind::Float, Device::Cpu));
-        let k = gram(&x, KernelFn::ArcCos).unwrap();
+        let k = gram(&[&x], KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(4, [n], (Kind::Int64, Device::Cpu)), 4);
         let cold = solve(&k, &y, &[0.1], 500, None, (0, 0)).unwrap();
         let near = &cold.xs[0] + Tensor::randn([n, 4], (Kind::Float, Device::Cpu)) * 1e-3;
@@ -649,7 +713,7 @@ mod tests {
         // Three blocks of rows, the last one short; one zero row.
         let x = Tensor::randn([2 * BLOCK + 37, 5], (Kind::Float, Device::Cpu));
         let _ = x.get(7).zero_();
-        let half = gram(&x, KernelFn::ArcCos).unwrap();
+        let half = gram(&[&x], KernelFn::ArcCos).unwrap();
         let norms = scaled_norms(&x);
         let whole = (x.square().sum_dim_intlist(1, true, Kind::Float) / 5.0).sqrt();
         assert!(norms.equal(&whole), "block-wise norms are the whole matrix's, bit for bit");
@@ -672,7 +736,8 @@ mod tests {
             let _ = x.get(9).zero_();
             let rounded = x.to_kind(Kind::BFloat16);
             let exact = rounded.to_kind(Kind::Float);
-            let (got, want) = (gram(&rounded, KernelFn::ArcCos).unwrap(), gram(&exact, KernelFn::ArcCos).unwrap());
+            let (got, want) =
+                (gram(&[&rounded], KernelFn::ArcCos).unwrap(), gram(&[&exact], KernelFn::ArcCos).unwrap());
             let err = (&got - &want).abs().max().double_value(&[]);
             assert!(err < 1e-5, "d {d}: Gram matrices differ by {err}");
             assert!(got.allclose(&got.tr(), 0.0, 0.0, false), "d {d}: symmetric");
@@ -681,12 +746,96 @@ mod tests {
             let new = Tensor::randn([70, d], (Kind::Float, Device::Cpu));
             let nb = scaled_norms(&rounded);
             let mut got = Tensor::zeros([70, x.size()[0]], (Kind::Float, Device::Cpu));
-            fill(&mut got, &new, &rounded, &nb, KernelFn::ArcCos).unwrap();
+            fill(&mut got, &new, &[rounded.shallow_clone()], &[nb.shallow_clone()], KernelFn::ArcCos).unwrap();
             let mut want = got.zeros_like();
-            fill(&mut want, &new.to_kind(Kind::BFloat16).to_kind(Kind::Float), &exact, &nb, KernelFn::ArcCos).unwrap();
+            let rounded_new = new.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+            fill(&mut want, &rounded_new, &[exact.shallow_clone()], &[nb.shallow_clone()], KernelFn::ArcCos).unwrap();
             let err = (&got - &want).abs().max().double_value(&[]);
             assert!(err < 1e-5, "d {d}: new rows' kernel values differ by {err}");
         }
+    }
+
+    /// `--kernel-views pairs`: the Gram matrix is the mean of the kernel over the four view
+    /// pairs, exactly symmetric, for float32 and bf16 rows (the latter against the float32
+    /// kernel of the rounded rows); new rows against two support views get the mean of
+    /// both; identical views give the one-view kernel bit for bit.
+    #[test]
+    fn the_pair_kernel_is_the_mean_over_the_four_view_pairs() {
+        tch::manual_seed(8);
+        let n = 2 * BLOCK + 37;
+        let (a, b) =
+            (Tensor::randn([n, 64], (Kind::Float, Device::Cpu)), Tensor::randn([n, 64], (Kind::Float, Device::Cpu)));
+        let one = |u: &Tensor, v: &Tensor| {
+            let mut k = u.mm(&v.tr());
+            apply_ops(&mut k, &scaled_norms(u), &scaled_norms(v), 64, KernelFn::ArcCos);
+            k
+        };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let (ra, rb) = (a.to_kind(kind), b.to_kind(kind));
+            let (ea, eb) = (ra.to_kind(Kind::Float), rb.to_kind(Kind::Float));
+            let want = (one(&ea, &ea) + one(&eb, &eb) + one(&ea, &eb) + one(&eb, &ea)) / 4.0;
+            let got = gram(&[&ra, &rb], KernelFn::ArcCos).unwrap();
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-4, "{kind:?}: the pair Gram matrix differs by {err}");
+            assert!(got.equal(&got.tr()), "{kind:?}: symmetric bit for bit");
+
+            let new = Tensor::randn([70, 64], (Kind::Float, Device::Cpu));
+            let en = new.to_kind(kind).to_kind(Kind::Float);
+            let (views, norms) = ([ra.shallow_clone(), rb.shallow_clone()], [scaled_norms(&ra), scaled_norms(&rb)]);
+            let mut got = Tensor::zeros([70, n], (Kind::Float, Device::Cpu));
+            fill(&mut got, &new, &views, &norms, KernelFn::ArcCos).unwrap();
+            let want = (one(&en, &ea) + one(&en, &eb)) / 2.0;
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-4, "{kind:?}: new rows against both views differ by {err}");
+
+            let single = gram(&[&ra], KernelFn::ArcCos).unwrap();
+            assert!(gram(&[&ra, &ra], KernelFn::ArcCos).unwrap().equal(&single), "{kind:?}: identical views");
+        }
+    }
+
+    /// Through `fit`: two identical views are one view (the same choice and weights, up to
+    /// the statistics' summation order), and the support keeps both.
+    #[test]
+    fn a_pair_fit_on_identical_views_is_the_one_view_fit() {
+        tch::manual_seed(9);
+        let (n, m) = (300, 240);
+        let centres = Tensor::randn([3, 12], (Kind::Float, Device::Cpu)) * 2.0;
+        let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
+        let x = centres.index_select(0, &y) + Tensor::randn([n, 12], (Kind::Float, Device::Cpu));
+        let cfg = ProbeConfig {
+            val_fraction: 0.2,
+            solver: super::super::Solver::Kernel,
+            normalize: super::super::Normalize::Standardize,
+            weight_decay: 0.1,
+            wd_search: true,
+            epochs: 1,
+            lr: 0.1,
+            batch_size: 32,
+            schedule: super::super::Schedule::Constant,
+            patience: 0,
+            max_iter: 500,
+            seed: 0,
+            val_only: false,
+            kernel_precision: KernelPrecision::Fp32,
+            kernel: KernelFn::ArcCos,
+            kernel_views: KernelViews::Mean,
+        };
+        let rows = || Features { x: x.copy(), y: y.copy() };
+        let single = fit(rows(), None, m, 3, &cfg, Device::Cpu).unwrap();
+        let pairs = KernelViews::Pairs;
+        let double =
+            fit(rows(), Some(x.copy()), m, 3, &ProbeConfig { kernel_views: pairs, ..cfg.clone() }, Device::Cpu)
+                .unwrap();
+        assert_eq!(single.chosen_weight_decay, double.chosen_weight_decay);
+        assert_eq!(single.val_acc, double.val_acc);
+        assert!(double.head.w.allclose(&single.head.w, 1e-3, 1e-3, false), "weights differ");
+        let support = double.head.kernel.as_ref().unwrap();
+        assert!(support.pairs() && support.views[1].size() == [n, 12]);
+        let new = Tensor::randn([20, 12], (Kind::Float, Device::Cpu));
+        let (l1, l2) = (single.head.logits(&new).unwrap(), double.head.logits(&new).unwrap());
+        assert!(l1.allclose(&l2, 1e-3, 1e-3, false), "logits differ");
+        // The views must be given as the config says.
+        assert!(fit(rows(), None, m, 3, &ProbeConfig { kernel_views: pairs, ..cfg }, Device::Cpu).is_err());
     }
 
     #[test]
@@ -697,7 +846,7 @@ mod tests {
         let x = Tensor::randn([n, 3], (Kind::Float, Device::Cpu))
             .mm(&Tensor::randn([3, 20], (Kind::Float, Device::Cpu)))
             + Tensor::randn([n, 20], (Kind::Float, Device::Cpu)) * 0.3;
-        let k = gram(&x, KernelFn::ArcCos).unwrap();
+        let k = gram(&[&x], KernelFn::ArcCos).unwrap();
         let y = targets(&Tensor::randint(5, [n], (Kind::Int64, Device::Cpu)), 5);
         let lambda = 0.01;
         let plain = solve(&k, &y, &[lambda], 2000, None, (0, 0)).unwrap();

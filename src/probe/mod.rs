@@ -57,6 +57,19 @@ pub enum KernelPrecision {
     Bf16,
 }
 
+/// How the kernel readout treats an image's two mirrored views (`--hflip`, `--hflip-test`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelViews {
+    /// One row per image, the mean of its views' features.
+    #[default]
+    Mean,
+    /// Both views kept; k between two images is the mean of k over the four pairs of their
+    /// views (the kernel of flip-averaged infinitely wide features): twice the rows' memory,
+    /// four times the kernel's products.
+    Pairs,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
@@ -94,6 +107,9 @@ pub struct ProbeConfig {
     /// The kernel readout's function of the angle (configs logged before it existed: arccos).
     #[serde(default)]
     pub kernel: kernel::KernelFn,
+    /// The kernel readout's use of mirrored views (configs logged before it existed: mean).
+    #[serde(default)]
+    pub kernel_views: KernelViews,
 }
 
 /// One row of epochs.csv.
@@ -127,7 +143,7 @@ pub struct Scaler {
 impl Scaler {
     pub fn fit(x: &Tensor, kind: Normalize) -> Scaler {
         match kind {
-            Normalize::Standardize if x.kind() != Kind::Float => Self::fit_rounded(x),
+            Normalize::Standardize if x.kind() != Kind::Float => Self::fit_blocks(std::slice::from_ref(x)),
             Normalize::Standardize => Scaler {
                 kind,
                 mean: Some(x.mean_dim(0, true, Kind::Float)),
@@ -138,15 +154,29 @@ impl Scaler {
         }
     }
 
-    /// Standardisation statistics of bf16 rows (`--kernel-precision bf16-lean`): float32 copies of 1024
-    /// rows at a time summed in float64, mean then variance, so no feature-sized temporary.
-    fn fit_rounded(x: &Tensor) -> Scaler {
-        let n = x.size()[0];
+    /// The scaling of the rows of several parts together (`--kernel-views pairs`: an image's
+    /// two views), without stacking them.
+    pub fn fit_views(parts: &[Tensor], kind: Normalize) -> Scaler {
+        match kind {
+            Normalize::Standardize => Self::fit_blocks(parts),
+            _ => Self::fit(&parts[0], kind),
+        }
+    }
+
+    /// Standardisation statistics of the parts' rows together (bf16 rows of
+    /// `--kernel-precision bf16-lean`, or both views): float32 copies of 1024 rows at a time
+    /// summed in float64, mean then variance, so no feature-sized temporary.
+    fn fit_blocks(parts: &[Tensor]) -> Scaler {
+        let n: i64 = parts.iter().map(|x| x.size()[0]).sum();
         let blocks = |f: &mut dyn FnMut(Tensor)| {
-            for i in (0..n).step_by(1024) {
-                f(x.narrow(0, i, 1024.min(n - i)).to_kind(Kind::Float));
+            for x in parts {
+                let rows = x.size()[0];
+                for i in (0..rows).step_by(1024) {
+                    f(x.narrow(0, i, 1024.min(rows - i)).to_kind(Kind::Float));
+                }
             }
         };
+        let x = &parts[0];
         let mut sum = Tensor::zeros([1, x.size()[1]], (Kind::Double, x.device()));
         blocks(&mut |b| sum += b.sum_dim_intlist(0, true, Kind::Double));
         let mean = (sum / n.max(1) as f64).to_kind(Kind::Float);
@@ -223,8 +253,11 @@ impl Head {
             named.push(("feature_std".into(), cpu(&s.squeeze_dim(0))));
         }
         if let Some(support) = &self.kernel {
-            // The scaled rows the arc-cosine kernel compares with; `weight` has one column each.
-            named.push(("kernel_support".into(), cpu(&support.rows)));
+            // The scaled rows the kernel compares with; `weight` has one column each (with
+            // `--kernel-views pairs`, one per image: both views of it are support rows).
+            for (name, rows) in ["kernel_support", "kernel_support_flip"].into_iter().zip(&support.views) {
+                named.push((name.into(), cpu(rows)));
+            }
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("--save-head: cannot create {}", dir.display()))?;

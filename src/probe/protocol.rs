@@ -4,10 +4,10 @@
 use super::fit::{fit, Fitted, TrainingData};
 use super::kernel;
 use super::metrics::{self, Metrics};
-use super::{ProbeConfig, Solver};
+use super::{KernelViews, ProbeConfig, Solver};
 use crate::data::split;
 use crate::features::{FeatureSet, Features};
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use tch::{Device, Kind, Tensor};
 
 /// What the protocol produced.
@@ -28,9 +28,9 @@ pub fn evaluate(set: &mut FeatureSet, cfg: &ProbeConfig, device: Device) -> Resu
     let classes = set.class_names.len();
     let parts = split::stratified(&set.train.y, classes, cfg.val_fraction, cfg.seed);
     let (fitted, n_train) = if cfg.solver == Solver::Kernel {
-        let rows = kernel_rows(set, &parts);
+        let (rows, flipped) = kernel_rows(set, &parts, cfg.kernel_views)?;
         let m = parts.fit.len() as i64;
-        (kernel::fit(rows, m, classes, cfg, device)?, m)
+        (kernel::fit(rows, flipped, m, classes, cfg, device)?, m)
     } else {
         fit_linear(set, &parts, classes, cfg, device)?
     };
@@ -39,16 +39,23 @@ pub fn evaluate(set: &mut FeatureSet, cfg: &ProbeConfig, device: Device) -> Resu
     let test = if cfg.val_only {
         None
     } else {
-        let x = match &set.test_flip {
-            Some(tf) => mean_view(&set.test.x, &tf.x),
-            None => set.test.x.shallow_clone(),
+        let head = &fitted.head;
+        let logits = match &set.test_flip {
+            // The pair kernel is linear in each view's kernel values: the mean of the two
+            // views' logits is the logit of the mean over all four pairs.
+            Some(tf) if head.kernel.as_ref().is_some_and(|k| k.pairs()) => {
+                mean_view(&head.logits(&set.test.x)?, &head.logits(&tf.x)?)
+            }
+            Some(tf) => head.logits(&mean_view(&set.test.x, &tf.x))?,
+            None => head.logits(&set.test.x)?,
         };
-        Some(metrics::score(&fitted.head.logits(&x)?, &set.test.y, classes))
+        Some(metrics::score(&logits, &set.test.y, classes))
     };
     Ok(Evaluation { fitted, val_indices: parts.val, n_train, n_test: set.test.y.size()[0], test })
 }
 
-/// Test-time flip: a linear head's mean logit over two views is its logit of their mean.
+/// Test-time flip: a linear head's mean logit over two views is its logit of their mean
+/// (and so is the kernel head's, with one support row per image).
 fn mean_view(a: &Tensor, b: &Tensor) -> Tensor {
     (a + b) / 2.0
 }
@@ -86,13 +93,33 @@ fn fit_linear(
 /// rows first and the validation rows after, gathered into one allocation. The set's own
 /// train features are then freed: the Gram matrix (10 GB at 50k rows) must not sit beside
 /// two copies of them (at 18,432 features each is 3.7 GB; with both, 3×3-cell patch
-/// features peaked at 21.2 GB).
-fn kernel_rows(set: &mut FeatureSet, parts: &split::SplitIndices) -> Features {
-    merge_views(set);
-    let rows = select(&[(&set.train, &parts.fit), (&set.train, &parts.val)]);
-    let (d, kind, device) = (set.train.x.size()[1], set.train.x.kind(), set.train.x.device());
-    set.train.x = Tensor::empty([0, d], (kind, device));
-    rows
+/// features peaked at 21.2 GB). With `--kernel-views pairs` the mirrored train views come
+/// back too, in the same order, and the test views stay apart.
+fn kernel_rows(
+    set: &mut FeatureSet,
+    parts: &split::SplitIndices,
+    views: KernelViews,
+) -> Result<(Features, Option<Tensor>)> {
+    let order = [parts.fit.as_slice(), parts.val.as_slice()];
+    let free = |f: &mut Features| {
+        let (d, kind, device) = (f.x.size()[1], f.x.kind(), f.x.device());
+        f.x = Tensor::empty([0, d], (kind, device));
+    };
+    if views == KernelViews::Mean {
+        merge_views(set);
+        let rows = select(&[(&set.train, order[0]), (&set.train, order[1])]);
+        free(&mut set.train);
+        return Ok((rows, None));
+    }
+    let Some(mut flip) = set.train_flip.take() else {
+        anyhow::bail!("--kernel-views pairs compares both mirrored views of each image: extract with --hflip")
+    };
+    ensure!(flip.y.equal(&set.train.y), "--kernel-views pairs: the mirrored train views are not row for row");
+    let rows = select(&[(&set.train, order[0]), (&set.train, order[1])]);
+    free(&mut set.train);
+    let flipped = select(&[(&flip, order[0]), (&flip, order[1])]).x;
+    free(&mut flip);
+    Ok((rows, Some(flipped)))
 }
 
 /// The kernel readout's Gram matrix grows with the rows squared, so it sees one row per
@@ -173,11 +200,46 @@ mod tests {
             provenance: vec![],
         };
         let parts = split::SplitIndices { fit: vec![0, 2, 3, 5, 6, 7], val: vec![1, 4] };
-        let rows = kernel_rows(&mut set, &parts);
+        let (rows, flipped) = kernel_rows(&mut set, &parts, KernelViews::Mean).unwrap();
+        assert!(flipped.is_none());
         let order = Tensor::from_slice(&[0i64, 2, 3, 5, 6, 7, 1, 4]);
         assert!(rows.x.equal(&merged.index_select(0, &order)));
         assert!(rows.y.equal(&order.remainder(2)));
         assert_eq!(set.train.x.size(), [0, 3], "the set's train features are freed");
         assert!(set.train_flip.is_none());
+    }
+
+    /// `--kernel-views pairs`: both views in the same order, the test views left apart, the
+    /// set's train copies freed; without mirrored train views it is an error.
+    #[test]
+    fn pair_rows_are_both_views_in_the_same_order() {
+        tch::manual_seed(5);
+        let part = |n: i64| Features {
+            x: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
+            y: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
+        };
+        let (train, flip, test, test_flip) = (part(8), part(8), part(2), part(2));
+        let (want_a, want_b, want_test) = (train.x.copy(), flip.x.copy(), test_flip.x.copy());
+        let mut set = FeatureSet {
+            train,
+            test,
+            train_flip: Some(flip),
+            test_flip: Some(test_flip),
+            class_names: vec!["a".into(), "b".into()],
+            provenance: vec![],
+        };
+        let parts = split::SplitIndices { fit: vec![0, 2, 3, 5, 6, 7], val: vec![1, 4] };
+        let (rows, flipped) = kernel_rows(&mut set, &parts, KernelViews::Pairs).unwrap();
+        let order = Tensor::from_slice(&[0i64, 2, 3, 5, 6, 7, 1, 4]);
+        assert!(rows.x.equal(&want_a.index_select(0, &order)));
+        assert!(flipped.unwrap().equal(&want_b.index_select(0, &order)));
+        assert!(rows.y.equal(&order.remainder(2)));
+        assert_eq!(set.train.x.size(), [0, 3]);
+        assert!(set.train_flip.is_none());
+        assert!(set.test_flip.as_ref().unwrap().x.equal(&want_test), "the test views stay as they are");
+
+        let mut single = FeatureSet { train: part(8), test: part(2), train_flip: None, test_flip: None, ..set };
+        let err = kernel_rows(&mut single, &parts, KernelViews::Pairs).err().unwrap();
+        assert!(err.to_string().contains("--hflip"), "{err}");
     }
 }

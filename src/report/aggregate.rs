@@ -75,6 +75,7 @@ const GROUP: &[&str] = &[
     "wd_search",
     "kernel_precision",
     "kernel",
+    "kernel_views",
 ];
 
 /// `sweep.csv` → `sweep_aggregate.csv`.

@@ -61,6 +61,7 @@ pub fn run_row(provenance: &[(String, String)], s: &ProbeConfig, eval: &Evaluati
         // The kernel readout's settings, empty for the other solvers (which ignore them).
         .set("kernel_precision", if kernel { value_name(&s.kernel_precision) } else { String::new() })
         .set("kernel", if kernel { s.kernel.to_string() } else { String::new() })
+        .set("kernel_views", if kernel { value_name(&s.kernel_views) } else { String::new() })
         .set("wd_search", s.wd_search)
         .set("weight_decay", s.weight_decay)
         .set("chosen_weight_decay", format!("{:.4e}", fitted.chosen_weight_decay))
