@@ -256,13 +256,44 @@ fn the_pair_kernel_keeps_both_views_of_each_image() {
     assert_eq!(get("kernel_support_flip"), [100, 64]);
     assert_eq!(get("weight"), [10, 100], "one weight per image, not per view");
 
+    // With bf16-lean rows each view is kept apart, rounded to bf16 as it is extracted: bit
+    // for bit the float32 views rounded.
+    {
+        use clap::Parser;
+        use cnnprobe::config::Job;
+        use cnnprobe::features::{extract_features, ExtractConfig};
+        use tch::{Device, Kind};
+        let mut lean = vec!["cnnprobe"];
+        lean.extend(args.iter().map(|&a| match a {
+            "bf16" => "bf16-lean",
+            "s.csv" => "lean.csv",
+            "r" => "r-lean",
+            _ => a,
+        }));
+        let Job::Run(cfg) = cnnprobe::cli::Cli::parse_from(&lean).into_job().unwrap() else { panic!("a run") };
+        assert!(cfg.extract.lean && cfg.extract.lean_views);
+        let rows = extract_features(&cfg.extract, Device::Cpu).unwrap();
+        let plain = ExtractConfig { lean: false, lean_views: false, ..cfg.extract.clone() };
+        let both = extract_features(&plain, Device::Cpu).unwrap();
+        for (got, want) in [
+            (&rows.train, &both.train),
+            (&rows.test, &both.test),
+            (rows.train_flip.as_ref().unwrap(), both.train_flip.as_ref().unwrap()),
+            (rows.test_flip.as_ref().unwrap(), both.test_flip.as_ref().unwrap()),
+        ] {
+            assert_eq!(got.x.kind(), Kind::BFloat16);
+            assert!(got.x.equal(&want.x.to_kind(Kind::BFloat16)), "a lean view differs from the rounded view");
+        }
+        let o = cnnprobe(tmp.path(), &lean[1..]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let row = &summary_rows(&tmp.path().join("lean.csv"))[0];
+        assert_eq!((row["kernel_lean"].as_str(), row["kernel_views"].as_str()), ("bf16, views kept apart", "pairs"));
+        assert!(row["test_top1"].parse::<f64>().unwrap() > 0.0);
+    }
+
     for (flags, says) in [
         (&["--solver", "lbfgs", "--kernel-views", "pairs", "--hflip"][..], "is --solver kernel's"),
         (&["--solver", "kernel", "--kernel-views", "pairs"][..], "add --hflip"),
-        (
-            &["--solver", "kernel", "--kernel-views", "pairs", "--hflip", "--kernel-precision", "bf16-lean"][..],
-            "use --kernel-precision bf16",
-        ),
     ] {
         let mut bad = vec!["run", "--data", d];
         bad.extend_from_slice(flags);
@@ -291,6 +322,7 @@ fn lean_rows_are_the_rounded_mean_of_both_views() {
     assert!(cfg.extract.lean);
     let lean = extract_features(&cfg.extract, Device::Cpu).unwrap();
     let both = extract_features(&ExtractConfig { lean: false, ..cfg.extract.clone() }, Device::Cpu).unwrap();
+    assert!(!cfg.extract.lean_views, "views averaged unless --kernel-views pairs");
     assert!(lean.train_flip.is_none() && lean.test_flip.is_none(), "no flipped part is kept");
     for (got, a, b) in [
         (&lean.train, &both.train, both.train_flip.as_ref().unwrap()),

@@ -94,6 +94,7 @@ impl ModelArgs {
             hflip: self.hflip,
             hflip_test: self.hflip_test,
             lean: false,
+            lean_views: false,
             compute: self.compute.config(),
             batch_size: self.batch_size,
             precision: self.precision,
@@ -169,12 +170,6 @@ impl ProbeArgs {
                 value_name(&self.solver)
             );
         }
-        if self.kernel_views == KernelViews::Pairs && self.lean() {
-            bail!(
-                "--kernel-views pairs keeps both mirrored views, and --kernel-precision bf16-lean averages them \
-                 as they are extracted: use --kernel-precision bf16"
-            );
-        }
         Ok(ProbeConfig {
             val_fraction: self.val_fraction,
             solver: self.solver,
@@ -218,7 +213,11 @@ impl RunArgs {
             bail!("--kernel-views pairs compares both mirrored views of each image: add --hflip (and --hflip-test)");
         }
         Ok(RunConfig {
-            extract: ExtractConfig { lean: self.probe.lean(), ..self.model.extract_config(&self.data)? },
+            extract: ExtractConfig {
+                lean: self.probe.lean(),
+                lean_views: self.probe.lean() && self.probe.kernel_views == KernelViews::Pairs,
+                ..self.model.extract_config(&self.data)?
+            },
             probe: self.probe.config(self.model.seed)?,
             output: self.output.config(self.probe.save_head.clone(), preset),
         })

@@ -56,6 +56,9 @@ pub struct ExtractConfig {
     /// no flipped part is kept (absent from older configs, which are all false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub lean: bool,
+    /// With `lean`, for `--kernel-views pairs`: each view kept apart in bf16 instead of averaged.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lean_views: bool,
     pub compute: Compute,
     pub batch_size: BatchSize,
     pub precision: Precision,
@@ -267,7 +270,7 @@ pub fn extract_into(cfg: &ExtractConfig, device: Device, inputs: &Inputs, sink: 
     let feed = Feed { batch_size: cfg.batch_size, workers: cfg.data.workers, flip: false, mean_flip: false };
     let flipped = Feed { flip: true, ..feed };
     let mut parts = vec![("train", &train, feed), ("test", &test, feed)];
-    if cfg.lean {
+    if cfg.lean && !cfg.lean_views {
         parts = vec![
             ("train", &train, Feed { mean_flip: cfg.hflip, ..feed }),
             ("test", &test, Feed { mean_flip: cfg.hflip_test, ..feed }),
@@ -344,7 +347,8 @@ fn provenance(cfg: &ExtractConfig, device: Device) -> Vec<(String, String)> {
     }
     if cfg.lean {
         // The rows' form where it is not two float32 views: see `ExtractConfig::lean`.
-        cols.push(s("kernel_lean", "bf16, views averaged at extraction".into()));
+        let form = if cfg.lean_views { "bf16, views kept apart" } else { "bf16, views averaged at extraction" };
+        cols.push(s("kernel_lean", form.into()));
     }
     cols
 }
