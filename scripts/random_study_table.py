@@ -39,10 +39,12 @@ def track(r):
 
 
 def readout(r):
-    """The solver, with the kernel readout's kernel and feature precision where not the
-    defaults (arccos, fp32; rows from before the columns existed have neither)."""
+    """The solver, with the kernel readout's kernel, feature precision and use of the
+    mirrored views where not the defaults (arccos, fp32, mean; rows from before the columns
+    existed have none of them)."""
     extra = [r.get("kernel", "")] if r.get("kernel", "") not in ("", "arccos") else []
     extra += ["bf16"] if r.get("kernel_precision") == "bf16" else []
+    extra += ["view pairs"] if r.get("kernel_views") == "pairs" else []
     return " ".join([r["solver"]] + extra)
 
 

@@ -28,7 +28,7 @@ fn two_datasets(root: &Path) -> (String, String) {
 /// A preset's network flags (the preset's, less the probe's), for `extract`.
 fn network_flags(preset: &str) -> Vec<&'static str> {
     let p = presets::find(preset).expect("the preset exists");
-    let probe_flags = ["--solver", "--wd-search", "--normalize", "--kernel-precision"];
+    let probe_flags = ["--solver", "--wd-search", "--normalize", "--kernel-precision", "--kernel-views"];
     let mut out = vec![];
     let mut it = p.flags.iter().chain(p.random_only).peekable();
     while let Some(&f) = it.next() {

@@ -44,10 +44,11 @@ pub const PRESETS: &[Preset] = &[
             validation (issue 13): patches-best's one-layer patch network with nothing from the \
             data: 1024 random 6x6 filters (uniform directions from the seed), no whitening, \
             cosine responses soft-thresholded at 0.1 with both polarities, averaged over 3x3 \
-            overlapping windows (13x13 at stride 7: 18432 features); each image one row, the \
-            mean of its two mirrored views; kernel ridge readout on the arc-cosine kernel with λ \
-            chosen on validation. random-best stays the deep-network recipe (and the one with a \
-            pretrained comparison)",
+            overlapping windows (13x13 at stride 7: 18432 features); kernel ridge readout on the \
+            arc-cosine kernel averaged over the four pairs of two images' mirrored views \
+            (--kernel-views pairs), rows in bf16, λ chosen on validation (--kernel-views mean \
+            --kernel-precision fp32 gives the earlier finalists). random-best stays the \
+            deep-network recipe (and the one with a pretrained comparison)",
         flags: &[
             "--arch",
             "patchnet",
@@ -64,6 +65,10 @@ pub const PRESETS: &[Preset] = &[
             "--wd-search",
             "--normalize",
             "standardize",
+            "--kernel-precision",
+            "bf16",
+            "--kernel-views",
+            "pairs",
         ],
         random_only: &[],
     },
