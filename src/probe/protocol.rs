@@ -159,6 +159,24 @@ fn select(parts: &[(&Features, &[i64])]) -> Features {
 mod tests {
     use super::*;
 
+    /// n rows of 3 random features, labels alternating between two classes.
+    fn part(n: i64) -> Features {
+        Features {
+            x: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
+            y: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
+        }
+    }
+
+    /// A two-class set of the given parts.
+    fn two_class_set(
+        train: Features,
+        test: Features,
+        train_flip: Option<Features>,
+        test_flip: Option<Features>,
+    ) -> FeatureSet {
+        FeatureSet { train, test, train_flip, test_flip, class_names: vec!["a".into(), "b".into()], provenance: vec![] }
+    }
+
     #[test]
     fn merged_views_are_the_mean_of_both_and_the_mirrored_copies_are_freed() {
         tch::manual_seed(3);
@@ -185,20 +203,9 @@ mod tests {
     #[test]
     fn kernel_rows_are_the_fit_rows_then_the_validation_rows_and_the_set_lets_go_of_its_copy() {
         tch::manual_seed(4);
-        let part = |n: i64| Features {
-            x: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
-            y: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
-        };
         let (train, flip) = (part(8), part(8));
         let merged = (&train.x + &flip.x) / 2.0;
-        let mut set = FeatureSet {
-            train,
-            test: part(2),
-            train_flip: Some(flip),
-            test_flip: None,
-            class_names: vec!["a".into(), "b".into()],
-            provenance: vec![],
-        };
+        let mut set = two_class_set(train, part(2), Some(flip), None);
         let parts = split::SplitIndices { fit: vec![0, 2, 3, 5, 6, 7], val: vec![1, 4] };
         let (rows, flipped) = kernel_rows(&mut set, &parts, KernelViews::Mean).unwrap();
         assert!(flipped.is_none());
@@ -214,20 +221,9 @@ mod tests {
     #[test]
     fn pair_rows_are_both_views_in_the_same_order() {
         tch::manual_seed(5);
-        let part = |n: i64| Features {
-            x: Tensor::randn([n, 3], (Kind::Float, Device::Cpu)),
-            y: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(2),
-        };
         let (train, flip, test, test_flip) = (part(8), part(8), part(2), part(2));
         let (want_a, want_b, want_test) = (train.x.copy(), flip.x.copy(), test_flip.x.copy());
-        let mut set = FeatureSet {
-            train,
-            test,
-            train_flip: Some(flip),
-            test_flip: Some(test_flip),
-            class_names: vec!["a".into(), "b".into()],
-            provenance: vec![],
-        };
+        let mut set = two_class_set(train, test, Some(flip), Some(test_flip));
         let parts = split::SplitIndices { fit: vec![0, 2, 3, 5, 6, 7], val: vec![1, 4] };
         let (rows, flipped) = kernel_rows(&mut set, &parts, KernelViews::Pairs).unwrap();
         let order = Tensor::from_slice(&[0i64, 2, 3, 5, 6, 7, 1, 4]);
@@ -238,7 +234,7 @@ mod tests {
         assert!(set.train_flip.is_none());
         assert!(set.test_flip.as_ref().unwrap().x.equal(&want_test), "the test views stay as they are");
 
-        let mut single = FeatureSet { train: part(8), test: part(2), train_flip: None, test_flip: None, ..set };
+        let mut single = two_class_set(part(8), part(2), None, None);
         let err = kernel_rows(&mut single, &parts, KernelViews::Pairs).err().unwrap();
         assert!(err.to_string().contains("--hflip"), "{err}");
     }
