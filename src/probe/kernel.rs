@@ -170,7 +170,7 @@ fn scaled_norms(x: &Tensor) -> Tensor {
 fn fill(out: &mut Tensor, a: &Tensor, views: &[Tensor], nb: &[Tensor], f: KernelFn) -> Result<()> {
     let rounded = views[0].kind() == Kind::BFloat16;
     let a = if rounded { a.to_kind(Kind::BFloat16) } else { a.shallow_clone() };
-    let (m, n, d) = (a.size()[0], views[0].size()[0], a.size()[1]);
+    let (m, n) = (a.size()[0], views[0].size()[0]);
     // Block by block, each row's sum as over the whole matrix: the same norms either way.
     let na = scaled_norms(&a);
     let (count, axis) = if rounded { (n, 1) } else { (m, 0) };
@@ -187,11 +187,9 @@ fn fill(out: &mut Tensor, a: &Tensor, views: &[Tensor], nb: &[Tensor], f: Kernel
                     _ => Tensor::empty(block.size(), (Kind::Float, block.device())),
                 };
                 if rounded {
-                    products(&a, &b.narrow(0, k, len), &mut dest)?;
-                    apply(&mut dest, &na, &nb.narrow(0, k, len), d, f)?;
+                    kernel_values(&mut dest, &a, &b.narrow(0, k, len), &na, &nb.narrow(0, k, len), f)?;
                 } else {
-                    let _ = a.narrow(0, k, len).mm_out(&dest, &b.tr());
-                    apply(&mut dest, &na.narrow(0, k, len), nb, d, f)?;
+                    kernel_values(&mut dest, &a.narrow(0, k, len), b, &na.narrow(0, k, len), nb, f)?;
                 }
                 if v > 0 {
                     let _ = block.shallow_clone().g_add_(&dest);
@@ -206,6 +204,18 @@ fn fill(out: &mut Tensor, a: &Tensor, views: &[Tensor], nb: &[Tensor], f: Kernel
     })?;
     bar.finish_and_clear();
     Ok(())
+}
+
+/// k(r_i, c_j) of scaled rows into `out` (rows, cols), with `nr` and `nc` their scaled
+/// norms: bf16 rows through `products` (which packs `cols`), float32 ones through libtorch's
+/// product.
+fn kernel_values(out: &mut Tensor, rows: &Tensor, cols: &Tensor, nr: &Tensor, nc: &Tensor, f: KernelFn) -> Result<()> {
+    if cols.kind() == Kind::BFloat16 {
+        products(rows, cols, out)?;
+    } else {
+        let _ = rows.mm_out(out, &cols.tr());
+    }
+    apply(out, nr, nc, rows.size()[1], f)
 }
 
 /// out = a·bᵀ for bf16 rows, summed in float32: AVX512-BF16 where the CPU has it (see
@@ -255,7 +265,7 @@ fn apply_ops(g: &mut Tensor, na: &Tensor, nb: &Tensor, d: i64, f: KernelFn) {
 /// first, so their sum is the same either way round).
 fn gram(views: &[&Tensor], f: KernelFn) -> Result<Tensor> {
     ensure!(matches!(views.len(), 1 | 2), "the kernel readout takes one or two views of each image");
-    let (n, d) = (views[0].size()[0], views[0].size()[1]);
+    let n = views[0].size()[0];
     let out = Tensor::f_empty([n, n], (Kind::Float, views[0].device()))
         .map_err(|e| anyhow::anyhow!("--solver kernel: no room for the {n}×{n} kernel matrix ({e})"))?;
     let rounded = views[0].kind() == Kind::BFloat16;
@@ -282,13 +292,9 @@ fn gram(views: &[&Tensor], f: KernelFn) -> Result<Tensor> {
                     (_, false) => Tensor::empty([len, n - i], opts),
                 };
                 if rounded {
-                    let mut column = dest.tr();
-                    products(&from_block, &block, &mut column)?;
-                    apply(&mut column, &nc, &nr, d, f)?;
+                    kernel_values(&mut dest.tr(), &from_block, &block, &nc, &nr, f)?;
                 } else {
-                    let mut row = dest.shallow_clone();
-                    let _ = block.mm_out(&row, &from_block.tr());
-                    apply(&mut row, &nr, &nc, d, f)?;
+                    kernel_values(&mut dest.shallow_clone(), &block, &from_block, &nr, &nc, f)?;
                 }
                 sums.push(dest);
             }
